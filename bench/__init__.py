@@ -1,0 +1,1 @@
+"""Benchmarks of the bridge (see README: make bench)."""

@@ -1,0 +1,50 @@
+"""The pjsua2 wheel's shared library, for the few C functions pjsua2 does not wrap.
+
+Used by :mod:`.pjlog` (console level before ``libCreate``), :mod:`.sourcefilter` (a pjsip
+module that answers 403 before pjsua sees a request) and :mod:`.framecopy` (nothing from C,
+but the same "check it at start" spirit). Every use is guarded by a self-test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+from typing import Any
+
+import pjsua2
+
+
+@functools.cache
+def pjsua_lib() -> ctypes.CDLL:
+    """``_pjsua2*.so`` of the installed wheel (already loaded by ``import pjsua2``)."""
+    package = Path(pjsua2.__file__).parent
+    candidates = sorted(package.glob("_pjsua2*.so")) + sorted(package.glob("_pjsua2*.pyd"))
+    if not candidates:
+        raise OSError(f"no _pjsua2 library in {package}")
+    return ctypes.CDLL(str(candidates[0]))
+
+
+def pj_reason(e: BaseException) -> str:
+    """A one-line reason from a ``pjsua2.Error`` (or any exception)."""
+    reason = getattr(e, "reason", None)
+    title = getattr(e, "title", None)
+    if reason:
+        return f"{title}: {reason}" if title else str(reason)
+    return str(e) or repr(e)
+
+
+def pjsua_call_count() -> tuple[int, int]:
+    """(calls pjsua holds now, the most it holds): pjsua keeps a call we consider ended
+    until its BYE is answered or its INVITE transaction ends (up to 32 s), and refuses new
+    calls (``PJ_ETOOMANY``, or 486 to an INVITE) while it is full."""
+    count, most = _call_count_functions()
+    return int(count()), int(most())
+
+
+@functools.cache
+def _call_count_functions() -> tuple[Any, Any]:
+    lib = pjsua_lib()
+    lib.pjsua_call_get_count.restype = ctypes.c_uint
+    lib.pjsua_call_get_max_count.restype = ctypes.c_uint
+    return lib.pjsua_call_get_count, lib.pjsua_call_get_max_count

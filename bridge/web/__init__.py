@@ -1,0 +1,1 @@
+"""HTTP endpoints besides the appservice transaction API: thirdparty, provisioning, metrics."""

@@ -1,0 +1,115 @@
+"""Worker lifecycle: calls spread over workers, a killed worker is replaced and its call
+reported failed, a clean stop ends every call with BYE."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from bridge.sip.events import Answered, EarlyMedia, Ended, Failed
+from tests.sip.conftest import StartPool, eventually, sip_config, trunk
+from tests.sip.sippctl import Sipp
+
+
+async def test_more_than_four_calls_spread_over_workers(tmp_path: Path, start_pool: StartPool):
+    uas = Sipp(tmp_path, "uas_answer", rtp_echo=True, calls=6).start()
+    pool = await start_pool(sip_config(trunk(domain=uas.address), workers=2))
+    calls = [await pool.make_call("acme", f"10{i}", from_user="alice=example.org")
+             for i in range(6)]
+    for call in calls:
+        await call.wait_for(Answered, 10)
+    per_worker = sorted(w.calls for w in pool.workers())
+    assert per_worker == [3, 3], pool.workers()
+    ports = {w.transports for w in pool.workers()}
+    assert len(ports) == 2  # each worker listens on its own SIP port
+    # audio flows on a call of each worker
+    for worker in (0, 1):
+        call = next(c for c in calls if c.worker == worker)
+        await call.play_tone(1000 + 200 * worker, -12)
+        report = await call.probe_audio(0.5)
+        assert abs(report.freq_hz - (1000 + 200 * worker)) <= 20, report
+    for call in calls:
+        await call.hangup()
+    for call in calls:
+        assert isinstance(await call.wait_ended(10), Ended)
+    assert await uas.done(15) == 0, uas.explain()
+
+
+async def test_killed_worker_is_replaced_and_its_call_failed(tmp_path: Path,
+                                                            start_pool: StartPool):
+    uas = Sipp(tmp_path, "uas_answer", rtp_echo=True, calls=2).start()
+    try:
+        pool = await start_pool(sip_config(trunk(domain=uas.address), workers=2))
+        call = await pool.make_call("acme", "100", from_user="alice=example.org")
+        await call.wait_for(Answered, 10)
+        victim = pool.workers()[call.worker]
+        os.kill(victim.pid, signal.SIGKILL)
+        end = await call.wait_ended(10)
+        assert isinstance(end, Failed) and "died" in end.reason, end
+        replaced = await eventually(
+            lambda: (w := pool.workers()[victim.index]).alive and w.pid != victim.pid and w,
+            15, "a replacement worker")
+        assert replaced.restarts == 1
+        # the pool still places calls, on the new worker too
+        again = await pool.make_call("acme", "101", from_user="alice=example.org")
+        await again.wait_for(Answered, 10)
+        await again.hangup()
+        assert isinstance(await again.wait_ended(10), Ended)
+    finally:
+        uas.stop()
+
+
+async def test_hung_worker_is_killed_by_the_heartbeat(start_pool: StartPool):
+    pool = await start_pool(sip_config(trunk(), workers=1))
+    victim = pool.workers()[0]
+    os.kill(victim.pid, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+    try:
+        replaced = await eventually(
+            lambda: (w := pool.workers()[0]).alive and w.pid != victim.pid and w,
+            15, "the heartbeat to replace a silent worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.pid, signal.SIGCONT)
+    assert replaced.restarts == 1
+
+
+async def test_stop_ends_calls_with_bye_and_cancel(tmp_path: Path, start_pool: StartPool):
+    answering = Sipp(tmp_path, "uas_answer", rtp_echo=True).start()
+    ringing = Sipp(tmp_path, "uas_early", rtp_echo=True).start()
+    pool = await start_pool(sip_config(trunk("acme", domain=answering.address),
+                                       trunk("bolt", domain=ringing.address)))
+    up = await pool.make_call("acme", "100", from_user="alice=example.org")
+    await up.wait_for(Answered, 10)
+    early = await pool.make_call("bolt", "100", from_user="alice=example.org")
+    await early.wait_for(EarlyMedia, 10)
+    await pool.stop()
+    assert (await up.wait_ended(1)) == Ended(200, "OK", "local") or up.end
+    assert isinstance(up.end, Ended) and up.end.by == "local", up.end
+    assert await early.wait_ended(1) == Ended(487, "Request Terminated", "local")
+    assert await answering.done(10) == 0, answering.explain()  # got its BYE
+    assert await ringing.done(10) == 0, ringing.explain()  # got its CANCEL
+
+
+async def test_a_stalled_controller_does_not_kill_healthy_workers(tmp_path: Path,
+                                                                  start_pool: StartPool):
+    """The controller's own event loop blocks longer than the heartbeat timeout (a slow
+    disk, a long GC): the worker answered its pings all along and must not be killed."""
+    import time
+
+    uas = Sipp(tmp_path, "uas_answer", rtp_echo=True).start()
+    pool = await start_pool(sip_config(trunk(domain=uas.address)))
+    call = await pool.make_call("acme", "100", from_user="alice=example.org")
+    await call.wait_for(Answered, 10)
+    pid = pool.workers()[0].pid
+    time.sleep(pool.config.heartbeat_timeout_s + 2)  # block the loop on purpose
+    await eventually(lambda: pool.workers()[0].alive, 3, "the worker alive")
+    import asyncio
+
+    await asyncio.sleep(pool.config.heartbeat_interval_s * 3)
+    w = pool.workers()[0]
+    assert (w.pid, w.restarts, w.alive) == (pid, 0, True)
+    assert not call.ended
+    await call.hangup()
+    assert isinstance(await call.wait_ended(10), Ended)

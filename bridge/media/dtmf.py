@@ -149,6 +149,17 @@ class RtpDtmf:
         setattr(transport, "_handle_rtp_data", self._on_receive)  # noqa: B010
         self.installed = True
 
+    @property
+    def downstream(self) -> HandleRtp:
+        """Where this hook passes received audio on: aiortc's own handler, unless replaced
+        (``g711_rtp``)."""
+        assert self._handle_rtp is not None, "install() first"
+        return self._handle_rtp
+
+    @downstream.setter
+    def downstream(self, handler: HandleRtp) -> None:
+        self._handle_rtp = handler
+
     def configure(
         self,
         *,

@@ -42,6 +42,7 @@ from bridge.media.errors import (
     NegotiationError,
     SdpError,
 )
+from bridge.media.g711_rtp import G711Rtp, IdleTrack
 from bridge.media.leg import DtmfCallback, IceServer, LegState, MediaStats, StateCallback
 from bridge.media.tracks import IncomingAudio, OutgoingTrack
 
@@ -68,6 +69,8 @@ class WebRtcLeg:
     :param clock_rate: rate of the 20 ms PCM frames given and returned (8000 or 16000).
     :param ice_timeout: seconds after the negotiation until a leg that has not connected
         reports FAILED (end-of-candidates may never come).
+    :param direct_g711: move G.711 at 8 kHz on the RTP level (``g711_rtp``) instead of
+        through aiortc's sender and receiver (False: the aiortc path, kept for comparison).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class WebRtcLeg:
         clock_rate: int = 8000,
         *,
         ice_timeout: float = 30.0,
+        direct_g711: bool = True,
         label: str = "",
         on_state: StateCallback | None = None,
         on_dtmf: DtmfCallback | None = None,
@@ -96,6 +100,8 @@ class WebRtcLeg:
         self._out = OutgoingTrack(clock_rate)
         self._in = IncomingAudio(clock_rate)
         self._dtmf = RtpDtmf(self._digit)
+        self._g711: G711Rtp | None = None
+        self._direct_g711 = direct_g711
         self._transceiver: RTCRtpTransceiver | None = None
         self._lock = asyncio.Lock()
         self._state = LegState.NEW
@@ -263,8 +269,12 @@ class WebRtcLeg:
         return self._in.read_nowait()
 
     def write_frame(self, frame: bytes) -> None:
-        """Queue 20 ms of audio to send (bounded: the oldest frame is dropped when full)."""
-        self._out.push(frame)
+        """Send 20 ms of audio: at once on the G.711 RTP path (``g711_rtp``), otherwise
+        queued for aiortc's sender (bounded: the oldest frame is dropped when full)."""
+        if self._g711 is not None:
+            self._g711.write(frame)
+        else:
+            self._out.push(frame)
 
     def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
         """Queue RFC 4733 digits (0-9 * # A-D); raises DtmfError if not negotiated."""
@@ -277,7 +287,8 @@ class WebRtcLeg:
     def frame_counts(self) -> tuple[int, int, int]:
         """(frames lost on the way out: dropped or underrun, frames received, frames
         dropped on the way in)."""
-        return self._out.dropped + self._out.underruns, self._in.frames, self._in.dropped
+        late = self._g711.late if self._g711 is not None else 0
+        return self._out.dropped + self._out.underruns, self._in.frames, self._in.dropped + late
 
     def media_state(self) -> MediaStats:
         d = self._dtmf
@@ -387,6 +398,29 @@ class WebRtcLeg:
         self._dtmf.configure(
             ssrc=ssrc, send_events=events, receive_pts=receive, audio_clocks=clocks
         )
+        self._use_g711_rtp(send, negotiated, ssrc)
+
+    def _use_g711_rtp(self, send: tuple[str, int], negotiated: sdp.MediaSection,
+                      ssrc: int) -> None:
+        """Move G.711 at 8 kHz ourselves (``g711_rtp``), once, where the hook allows it."""
+        if not self._direct_g711 or self._g711 is not None or not self._dtmf.installed or not ssrc:
+            return
+        name, rate = send
+        if self.clock_rate != 8000 or rate != 8000 or name not in ("pcmu", "pcma"):
+            return
+        pt = next((p for p, n, r in negotiated.codecs() if (n, r) == send), None)
+        receive = {p: n for p, n, r in negotiated.codecs() if n in ("pcmu", "pcma") and r == 8000}
+        assert self._transceiver is not None
+        transport = self._transceiver.receiver.transport
+        if pt is None or transport is None:
+            return
+        g711 = G711Rtp(name, pt, receive, ssrc, transport._send_rtp, self._dtmf.downstream,
+                       self._in.feed_pcm, lambda: self.direction)
+        self._dtmf.downstream = g711.on_rtp
+        g711.connected = self._state == LegState.CONNECTED
+        self._transceiver.sender.replaceTrack(IdleTrack())
+        self._g711 = g711
+        log.debug("%s sends and receives %s itself (payload type %d)", self.label, name, pt)
 
     async def _negotiated_now(self) -> None:
         self._negotiated = True
@@ -436,6 +470,8 @@ class WebRtcLeg:
         self._state = state
         if state == LegState.CONNECTED and self._watchdog is not None:
             self._watchdog.cancel()
+        if self._g711 is not None:
+            self._g711.connected = state == LegState.CONNECTED
         _call(self.on_state, state)
 
     def _digit(self, digit: str) -> None:

@@ -90,8 +90,10 @@ def test_only_g711_at_8_khz_is_encoded_by_the_track() -> None:
     assert opus.encoding is None
 
 
-async def test_pcma_tone_both_ways(closing: list[WebRtcLeg]) -> None:  # noqa: F811
-    a, b = new_leg(["PCMA"], 8000, label="a"), new_leg(["PCMA"], 8000, label="b")
+@pytest.mark.parametrize("direct", [True, False], ids=["g711_rtp", "aiortc"])
+async def test_pcma_tone_both_ways(closing: list[WebRtcLeg], direct: bool) -> None:  # noqa: F811
+    a = new_leg(["PCMA"], 8000, label="a", direct_g711=direct)
+    b = new_leg(["PCMA"], 8000, label="b", direct_g711=direct)
     closing += [a, b]
     await a.accept_answer(await b.answer(await a.create_offer()))
     await wait_connected(a, b)
@@ -102,7 +104,12 @@ async def test_pcma_tone_both_ways(closing: list[WebRtcLeg]) -> None:  # noqa: F
     assert_tone(heard_b, 8000, 1000)
     assert_tone(heard_a, 8000, 800)
     assert a.media_state().codec == "pcma"
-    for leg in (a, b):  # what arrived was decoded in the loop, not in aiortc's thread
+    for leg in (a, b):
         assert leg._transceiver is not None
         shim = getattr(leg._transceiver.receiver, fast_receive._ATTR)
-        assert isinstance(shim, fast_receive.InlineG711Queue) and shim.decoded >= 50
+        assert isinstance(shim, fast_receive.InlineG711Queue)
+        if direct:  # packets went past aiortc's sender and receiver both ways
+            assert leg._g711 is not None and leg._g711.payload_type == 8
+            assert leg._g711.sent >= 50 and leg._g711.received >= 50 and shim.decoded == 0
+        else:  # what arrived was decoded in the loop, not in aiortc's thread
+            assert leg._g711 is None and shim.decoded >= 50

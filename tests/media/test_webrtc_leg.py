@@ -56,6 +56,10 @@ async def playing(leg: WebRtcLeg, freq: float) -> AsyncIterator[None]:
 
 
 async def capture(leg: WebRtcLeg, seconds: float) -> bytes:
+    """What ``leg`` receives from now on (frames queued before are dropped, as
+    :func:`peer_capture` clears its recorder)."""
+    while leg.read_frame_nowait() is not None:
+        pass
     out = bytearray()
     for _ in range(round(seconds / 0.02)):
         out += await leg.read_frame()

@@ -1,7 +1,9 @@
 """The baseline of the call benchmark: pure aiortc, no Matrix, no pjsua2, no SIP.
 
 Each process holds up to 4 WebRTC legs (like a bridge worker), each the bridge's own aiortc
-wrapper (:class:`bridge.media.webrtc.WebRtcLeg`, PCMU, 8 kHz frames) answering one bench
+wrapper (:class:`bridge.media.webrtc.WebRtcLeg`, PCMU, 8 kHz frames) with its audio through
+aiortc's own RTP sender and receiver (``direct_g711=False``; the bridge moves G.711 itself,
+bridge/media/g711_rtp.py, so the baseline shows what that saves), answering one bench
 caller's offer, which comes over a TCP socket (one JSON line each way). One 20 ms clock per
 process (like pjmedia's) writes the PBX-side signal of :mod:`bench._media` into every leg, and
 a task per leg reads what the caller sends and measures it: the same work as a bridge
@@ -48,7 +50,8 @@ async def _main(conn: Connection, spec: dict[str, Any]) -> None:
         try:
             msg = json.loads(await reader.readline())
             leg = WebRtcLeg(host_addresses=("127.0.0.1",), codec_preference=("PCMU",),
-                            clock_rate=8000, label=f"baseline{msg.get('index')}")
+                            clock_rate=8000, label=f"baseline{msg.get('index')}",
+                            direct_g711=False)
             answer = await leg.answer(msg["offer"])
             entry = _Leg(leg, ToneSource(t_ref, phase, pcm=True))
             if window:

@@ -37,12 +37,13 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "## Through the bridge",
         "",
         "Loss: end to end / the bridge's own counters, %. Latency and jitter in ms "
-        "(median / p95); added latency is one-way, minus the baseline's median for the same "
-        "direction. CPU in % of one core (the machine has "
+        "(median / p95); one-way is through the whole chain, and in brackets the median added "
+        "beyond the pure-aiortc baseline of the same direction (negative: shorter than aiortc's "
+        "own path, whose receiver holds about 80 ms). CPU in % of one core (the machine has "
         f"{meta['cores']} cores: {100 * meta['cores']} %).",
         "",
-        "| N | up | loss to SIP | loss to Matrix | added latency to SIP | added latency to "
-        "Matrix | jitter to SIP / Matrix | setup overhead | CPU ctrl | CPU workers | CPU total "
+        "| N | up | loss to SIP | loss to Matrix | one-way to SIP (added) | one-way to "
+        "Matrix (added) | jitter to SIP / Matrix | setup overhead | CPU ctrl | CPU workers | CPU total "
         "| CPU / call | bench clients | machine | RSS MB / call |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -50,12 +51,14 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         loss = r["frame_loss_pct"]
         e2e, br = loss["end_to_end"], loss["bridge"]
         lat = r.get("added_latency_ms", {})
+        ow = r.get("one_way_ms", {})
         cpu = r["cpu_pct"]
         lines.append(
             f"| {r['calls_requested']} | {r['calls_established']} "
             f"| {_f(e2e['to_sip'], 2)} / {_f(br['to_sip'], 2)} "
             f"| {_f(e2e['to_matrix'], 2)} / {_f(br['to_matrix'], 2)} "
-            f"| {_mp(lat.get('to_sip'))} | {_mp(lat.get('to_matrix'))} "
+            f"| {_mp(ow.get('to_sip'))} ({_f(lat.get('to_sip', {}).get('median'))}) "
+            f"| {_mp(ow.get('to_matrix'))} ({_f(lat.get('to_matrix', {}).get('median'))}) "
             f"| {_f(r['jitter_ms']['to_sip'])} / {_f(r['jitter_ms']['to_matrix'])} "
             f"| {_mp(r['setup_overhead_ms'])} "
             f"| {_f(cpu['controller'])} | {_f(cpu['workers'])} | {_f(cpu['total'])} "
@@ -65,8 +68,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "## Baseline: the same callers on pure aiortc (no Matrix, no pjsua2, no SIP)",
         "",
-        "The bridge's WebRTC leg (bridge.media.webrtc on aiortc) answering each caller, 4 legs "
-        "per process, a 20 ms clock per process writing and a task per leg reading frames.",
+        "The bridge's WebRTC leg (bridge.media.webrtc) with aiortc's own RTP sender and receiver "
+        "(direct_g711=False) answering each caller, 4 legs per process, a 20 ms clock per process writing and a task per leg reading frames.",
         "",
         "| N | up | loss to peer / from peer | one-way to peer | one-way from peer "
         "| CPU peers | CPU / call | bench clients | RSS MB / call |",

@@ -15,14 +15,15 @@ monotonic clock, so the send time of every burst onset is known to the sample.
   to_sip, the caller for to_matrix) out of the S*50 each stream sent; frame_loss_pct.bridge:
   the bridge's own counters (bridge_audio_frames_total / _lost_total from /metrics, whole
   calls, counted when each call's media closes).
-- one_way_ms: burst onset at the receiver minus its send time. added_latency_ms: the same
-  bursts minus the baseline's median one-way delay of that direction, i.e. what the bridge
-  adds beyond an aiortc endpoint talking to another. Through the bridge, to_sip is the
-  caller → the bridge's aiortc receiver (jitter buffer, decoder) → pump → pjmedia → PBX, and
-  the baseline's "to" is the caller → an aiortc receiver (the same) → the reading task: the
-  difference is pump + pjmedia + SIP-side RTP. to_matrix likewise leaves the bridge's and the
-  baseline's aiortc sender and the caller's receive in both, so the difference is pjmedia's
-  jitter buffer, the conference clock and the pump.
+- one_way_ms: burst onset at the receiver minus its send time, through the whole chain
+  (caller, Synapse-free media path, the bridge, the PBX side's receiver): an upper bound of
+  what the bridge adds. added_latency_ms: the same bursts minus the baseline's median one-way
+  delay of that direction, i.e. what the bridge adds beyond a pure aiortc endpoint talking to
+  the same caller. The baseline's aiortc receiver holds 4 frames in its jitter buffer before
+  it decodes (about 80 ms); the bridge moves G.711 without it (bridge/media/g711_rtp.py), so
+  to_sip comes out negative: the bridge's caller → SRTP → pump → pjmedia → PBX path is
+  shorter than aiortc's own receive path. to_matrix compares the bridge's pjmedia jitter
+  buffer, conference clock and pump against the baseline's aiortc sender task.
 - jitter_ms: RFC 3550 interarrival jitter at the receivers, median over the calls.
 - setup_overhead_ms: the bridge's own per-call measurement (its log line: m.call.invite →
   SIP INVITE plus SIP 200 → m.call.answer), median and p95 over the calls.
@@ -31,8 +32,8 @@ monotonic clock, so the send time of every burst onset is known to the sample.
   the whole machine (of 200 % on two cores). rss_mb_per_call: the bridge's RSS (controller +
   workers) / N; rss_mb also gives the per-worker and per-call growth.
 - baseline: the same callers against bench/_baseline.py: the bridge's aiortc leg
-  (bridge.media.webrtc) in ceil(N/4) processes, each with a 20 ms clock: no Matrix, no
-  pjsua2, no SIP.
+  (bridge.media.webrtc) with aiortc's own RTP sender and receiver, in ceil(N/4) processes,
+  each with a 20 ms clock: no Matrix, no pjsua2, no SIP.
 
     .venv/bin/python bench/calls.py --calls 10 --seconds 10
     .venv/bin/python bench/calls.py --ramp 1,5,10,20,40,80,120 --seconds 20 --out-dir bench/results

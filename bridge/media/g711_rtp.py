@@ -18,8 +18,9 @@ a jitter-buffer pass per received packet. :class:`G711Rtp` replaces both media p
   packets (sequence number not after the last one) are dropped and counted; other payload
   types go on to aiortc.
 
-aiortc keeps the rest: ICE, DTLS-SRTP, the RTCP tasks (its sender reports then carry no
-counts). Its sender is given a track that never yields, so its RTP task sleeps. The leg uses
+aiortc keeps the rest: ICE, DTLS-SRTP and the RTCP tasks; its sender reports get their counts
+and timestamps from here (:meth:`G711Rtp.write` calls ``report`` twice a second). Its
+sender is given a track that never yields, so its RTP task sleeps. The leg uses
 this only when the DTMF hook could be installed (the same two private transport methods).
 """
 
@@ -43,7 +44,11 @@ log = logging.getLogger(__name__)
 SAMPLES = 160  # 20 ms at 8 kHz
 GAP_S = 0.1  # a pause longer than this moves the RTP timestamp on and marks a new talkspurt
 
+REPORT_EVERY = 25  # packets between updates of the sender report's counts (0.5 s)
+
 SendRtp = Callable[[bytes], Coroutine[Any, Any, None]]
+#: (RTP timestamp of the last packet sent, packets sent, payload octets sent)
+Report = Callable[[int, int, int], None]
 HandleRtp = Callable[..., Awaitable[None]]
 
 
@@ -138,7 +143,10 @@ class G711Rtp:
         self._rx_ssrc: int | None = None
         self._rx_seq = 0
         self.connected = False
+        #: given the counts for RTCP sender reports every REPORT_EVERY packets
+        self.report: Report | None = None
         self.sent = 0
+        self.octets = 0
         self.received = 0
         self.late = 0
 
@@ -156,10 +164,14 @@ class G711Rtp:
         header = bytes((0x80, (0x80 if marker else 0) | self.payload_type)) + (
             (self._seq << 48) | ((self._timestamp & 0xFFFFFFFF) << 16) | (self.ssrc >> 16)
         ).to_bytes(8, "big") + (self.ssrc & 0xFFFF).to_bytes(2, "big")
+        payload = self._encode[np.frombuffer(frame, dtype="<u2")].tobytes()
         self._seq = (self._seq + 1) & 0xFFFF
-        self._timestamp += SAMPLES
         self.sent += 1
-        run_now(self._send(header + self._encode[np.frombuffer(frame, dtype="<u2")].tobytes()))
+        self.octets += len(payload)
+        run_now(self._send(header + payload))
+        if self.report is not None and self.sent % REPORT_EVERY == 1:
+            self.report(self._timestamp & 0xFFFFFFFF, self.sent, self.octets)
+        self._timestamp += SAMPLES
 
     # --- receiving ---------------------------------------------------------------------
     async def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:

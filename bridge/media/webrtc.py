@@ -29,6 +29,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.clock import current_ntp_time
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription as AiortcSdp
 from aiortc.sdp import candidate_to_sdp
@@ -418,6 +419,7 @@ class WebRtcLeg:
                        self._in.feed_pcm, lambda: self.direction)
         self._dtmf.downstream = g711.on_rtp
         g711.connected = self._state == LegState.CONNECTED
+        g711.report = _sender_report(self._transceiver.sender)
         self._transceiver.sender.replaceTrack(IdleTrack())
         self._g711 = g711
         log.debug("%s sends and receives %s itself (payload type %d)", self.label, name, pt)
@@ -486,6 +488,24 @@ def _call(callback: Callable[[Any], None] | None, arg: Any) -> None:
         callback(arg)
     except Exception:
         log.exception("WebRTC leg callback failed")
+
+
+def _sender_report(sender: RTCRtpSender) -> Callable[[int, int, int], None] | None:
+    """Keeps the counts in aiortc's RTCP sender reports true while ``g711_rtp`` sends past
+    its sender (private attributes: None, and reports without counts, if they are gone)."""
+    prefix = "_RTCRtpSender__"
+    names = ("ntp_timestamp", "rtp_timestamp", "packet_count", "octet_count")
+    if not all(isinstance(getattr(sender, prefix + n, None), int) for n in names):
+        log.warning("aiortc's sender has no report counts to keep; its RTCP reports stay empty")
+        return None
+
+    def update(rtp_timestamp: int, packets: int, octets: int) -> None:
+        setattr(sender, prefix + "ntp_timestamp", current_ntp_time())
+        setattr(sender, prefix + "rtp_timestamp", rtp_timestamp)
+        setattr(sender, prefix + "packet_count", packets)
+        setattr(sender, prefix + "octet_count", octets)
+
+    return update
 
 
 def _capabilities(names: Sequence[str]) -> list[RTCRtpCodecCapability]:

@@ -113,3 +113,13 @@ async def test_pcma_tone_both_ways(closing: list[WebRtcLeg], direct: bool) -> No
             assert leg._g711.sent >= 50 and leg._g711.received >= 50 and shim.decoded == 0
         else:  # what arrived was decoded in the loop, not in aiortc's thread
             assert leg._g711 is None and shim.decoded >= 50
+    # the RTCP sender reports that reach the other side count what was sent
+    assert b._transceiver is not None
+    for _ in range(60):
+        stats = await b._transceiver.receiver.getStats()
+        sent = [s.packetsSent for s in stats.values() if s.type == "remote-outbound-rtp"]
+        if sent and sent[0] >= 25:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"no sender report with counts reached b: {sent}")

@@ -59,6 +59,18 @@ def test_frames_become_pcmu_packets_in_sequence() -> None:
         assert rtp_payload(sent) == table[np.frombuffer(frame, dtype="<u2")].tobytes()
 
 
+def test_sender_report_counts_follow_what_was_sent() -> None:
+    wire = Wire()
+    rtp = wire.path()
+    reports: list[tuple[int, int, int]] = []
+    rtp.report = lambda *counts: reports.append(counts)
+    for _ in range(30):
+        rtp.write(bytes(320))
+    first_ts = int.from_bytes(wire.sent[0][4:8], "big")
+    ts_26 = int.from_bytes(wire.sent[25][4:8], "big")
+    assert reports == [(first_ts, 1, 160), (ts_26, 26, 26 * 160)]
+
+
 def test_nothing_is_sent_before_connected_or_while_not_sending() -> None:
     wire = Wire("recvonly")
     rtp = wire.path()

@@ -15,8 +15,8 @@ a jitter-buffer pass per received packet. :class:`G711Rtp` replaces both media p
 - **receiving**: the DTLS transport's decrypted RTP reaches :meth:`G711Rtp.on_rtp` (below
   the DTMF hook, which takes out telephone-events first). G.711 packets (PCMU or PCMA,
   whichever the peer sends) are decoded by table and fed on as PCM; late and duplicate
-  packets (sequence number not after the last one) are dropped and counted; other payload
-  types go on to aiortc.
+  packets (sequence number not after the last one) are dropped and counted, unless they keep
+  coming (the peer's numbering jumped back); other payload types go on to aiortc.
 
 aiortc keeps the rest: ICE, DTLS-SRTP and the RTCP tasks; its sender reports get their counts
 and timestamps from here (:meth:`G711Rtp.write` calls ``report`` twice a second). Its
@@ -42,6 +42,7 @@ from bridge.media.tracks import g711_decode_table, g711_table
 log = logging.getLogger(__name__)
 
 SAMPLES = 160  # 20 ms at 8 kHz
+LATE_RUN = 10  # late packets in a row that mean the peer's sequence jumped back: follow it
 GAP_S = 0.1  # a pause longer than this moves the RTP timestamp on and marks a new talkspurt
 
 REPORT_EVERY = 25  # packets between updates of the sender report's counts (0.5 s)
@@ -142,6 +143,7 @@ class G711Rtp:
         self._last_send: float | None = None
         self._rx_ssrc: int | None = None
         self._rx_seq = 0
+        self._late_run = 0
         self.connected = False
         #: given the counts for RTCP sender reports every REPORT_EVERY packets
         self.report: Report | None = None
@@ -185,9 +187,13 @@ class G711Rtp:
         seq = int.from_bytes(data[2:4], "big")
         if ssrc == self._rx_ssrc:
             ahead = (seq - self._rx_seq) & 0xFFFF
-            if ahead == 0 or ahead >= 0x8000:  # a duplicate, or later than a newer one
+            if (ahead == 0 or ahead >= 0x8000) and self._late_run < LATE_RUN:
+                # a duplicate, or later than a newer one; many in a row: the peer's
+                # sequence numbers jumped back, and the stream goes on from there
+                self._late_run += 1
                 self.late += 1
                 return
+        self._late_run = 0
         self._rx_ssrc, self._rx_seq = ssrc, seq
         payload = rtp_payload(data)
         if not payload:

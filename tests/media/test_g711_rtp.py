@@ -104,6 +104,15 @@ async def test_late_duplicate_and_foreign_packets() -> None:
     assert wire.pcm == [mu[raw].tobytes()] * 2 + [a[raw].tobytes(), mu[raw].tobytes()]
 
 
+async def test_a_sequence_that_jumps_back_is_followed_after_a_few_packets() -> None:
+    wire = Wire()
+    rtp = wire.path()
+    await rtp.on_rtp(packet(0, 40000, bytes(160)), 0)
+    for seq in range(10000, 10020):
+        await rtp.on_rtp(packet(0, seq, bytes(160)), 0)
+    assert (rtp.late, rtp.received) == (10, 11)  # 10 dropped as late, then followed
+
+
 async def test_wrap_around_is_in_order_and_held_side_drops() -> None:
     wire = Wire()
     rtp = wire.path()

@@ -25,6 +25,7 @@ PBX side). Its *legs*:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -42,7 +43,7 @@ from .audio import AudioPool
 from .config import LinkConfig
 from .errors import CallStateError, CapacityExceeded, InvalidTarget, NoSuchCall, PjsipFailure
 from .links import LinkAccount, next_hop, with_transport
-from .pjlib import pj_reason, pjsua_call_count
+from .pjlib import pj_reason, pjsua_call_count, pjsua_call_dumps
 from .sipmsg import check_user, parse_name_addr, parse_request, quote_display, split_source
 
 Schedule = Callable[[float, Callable[[], None]], int]
@@ -245,6 +246,12 @@ class CallTable:
             log.warning("pjsua holds %d of %d calls (%d of them live here): ended calls wait "
                         "for their BYE or INVITE transaction to finish; no new call now",
                         held, most, len(self))
+            ours = set()
+            for call in self._legs():
+                with contextlib.suppress(Exception):
+                    ours.add(call.getId())
+            for dump in pjsua_call_dumps(skip=ours):
+                log.warning("pjsua holds a call the worker has let go: %s", dump)
             raise CapacityExceeded(f"pjsua still holds {held} of {most} calls")
 
     def _get(self, call_id: str) -> BridgeCall:

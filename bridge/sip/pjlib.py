@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,21 @@ def _call_count_functions() -> tuple[Any, Any]:
     lib.pjsua_call_get_count.restype = ctypes.c_uint
     lib.pjsua_call_get_max_count.restype = ctypes.c_uint
     return lib.pjsua_call_get_count, lib.pjsua_call_get_max_count
+
+
+def pjsua_call_dumps(skip: Collection[int] = (), limit: int = 8) -> list[str]:
+    """pjsua's own one-paragraph dump of each call it holds, except the ids in ``skip``
+    (at most ``limit``; pjsua's owner thread only). For the log when pjsua is full."""
+    lib = pjsua_lib()
+    ids = (ctypes.c_int * 64)()
+    count = ctypes.c_uint(64)
+    if lib.pjsua_enum_calls(ids, ctypes.byref(count)) != 0:
+        return []
+    out: list[str] = []
+    buf = ctypes.create_string_buffer(2048)
+    for call_id in list(ids[: count.value]):
+        if call_id in skip or len(out) >= limit:
+            continue
+        if lib.pjsua_call_dump(call_id, 0, buf, len(buf), b"  ") == 0:
+            out.append(f"call {call_id}: " + " ".join(buf.value.decode("utf-8", "replace").split()))
+    return out

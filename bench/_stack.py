@@ -18,8 +18,8 @@ from typing import Any
 
 from tests.harness.bridge_proc import TEST_COMPANIES, BridgeProc
 from tests.harness.matrix_user import MatrixUser, login
-from tests.harness.procs import free_port
 from tests.harness.synapse import SERVER_NAME, Synapse
+from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
 
 BENCH = Path(__file__).resolve().parent

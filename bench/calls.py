@@ -82,8 +82,7 @@ from bench._stack import (  # noqa: E402
     start_stack,
     thread_stats,
 )
-from tests.harness.procs import free_port  # noqa: E402
-from tests.peers.ports import free_rtp_port  # noqa: E402
+from tests.peers.ports import free_port, free_rtp_port  # noqa: E402
 
 CTX = mp.get_context("spawn")
 SETUP_LINE = re.compile(

@@ -15,9 +15,9 @@ import pytest
 
 from tests.harness.bridge_proc import TEST_COMPANIES, BridgeProc
 from tests.harness.matrix_user import MatrixUser, login
-from tests.harness.procs import free_port
 from tests.harness.synapse import SERVER_NAME, Synapse
 from tests.peers.kamailio import Kamailio
+from tests.peers.ports import free_port
 
 POSTGRES_DSN = os.environ.get("BRIDGE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test")
 

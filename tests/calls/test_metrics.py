@@ -14,7 +14,7 @@ from tests.conftest import NewUser, Stack
 from tests.harness.bridge_proc import BridgeProc
 from tests.harness.call_client import CallClient, CallState
 from tests.harness.dm_calls import connected_call, dm_with, notice_in
-from tests.harness.procs import free_port
+from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
 
 

@@ -20,7 +20,7 @@ from tests.conftest import NewUser, Stack, fixed_user
 from tests.harness.bridge_proc import BridgeProc
 from tests.harness.call_client import CallClient, CallState
 from tests.harness.dm_calls import dm_with, notice_in
-from tests.harness.procs import free_port
+from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
 
 P = "/_matrix/provision/v1"

@@ -14,7 +14,7 @@ from pathlib import Path
 from bridge.media import tone
 from tests.harness.dm_calls import connected_call
 from tests.harness.matrix_user import login
-from tests.harness.procs import free_port
+from tests.peers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .procs import Proc, free_port, wait_until
+from tests.peers.ports import free_port
+from tests.peers.procs import Process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,7 +100,7 @@ class BridgeProc:
                 cfg[section] = copy.deepcopy(values)
         self.config_path.write_text(json.dumps(cfg, indent=2))
         self.config_path.chmod(0o600)
-        self.proc: Proc | None = None
+        self.proc: Process | None = None
         self.starts = 0
 
     def generate(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class BridgeProc:
 
     def start(self, timeout: float = 30.0) -> BridgeProc:
         self.starts += 1
-        self.proc = Proc(f"bridge-{self.starts}",
+        self.proc = Process(f"bridge-{self.starts}",
                          [sys.executable, "-m", "bridge", "-c", str(self.config_path)],
                          self.workdir, cwd=REPO).start()
         wait_until(self._up, timeout, 0.1, "the bridge's /health")
@@ -138,7 +139,7 @@ class BridgeProc:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        return self.proc.stop()
+        return self.proc.stop(grace=10.0)
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace")

@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .procs import Proc, free_port, wait_until
+from tests.peers.ports import free_port
+from tests.peers.procs import Process, wait_until
 
 SERVER_NAME = "bridge.test"
 
@@ -32,7 +33,7 @@ class Synapse:
         self.url = f"http://127.0.0.1:{self.port}"
         self.shared_secret = shared_secret or secrets.token_hex(16)
         self.registrations = registrations
-        self.proc: Proc | None = None
+        self.proc: Process | None = None
 
     def write_config(self) -> Path:
         d = self.workdir
@@ -96,11 +97,11 @@ class Synapse:
     def start(self, timeout: float = 60.0) -> Synapse:
         path = self.write_config()
         if not (self.workdir / "signing.key").exists():
-            gen = Proc("synapse-keys", [sys.executable, "-m", "synapse.app.homeserver",
+            gen = Process("synapse-keys", [sys.executable, "-m", "synapse.app.homeserver",
                                         "-c", str(path), "--generate-keys"], self.workdir).start()
             if gen.wait(120) != 0:
                 raise RuntimeError("synapse --generate-keys failed:\n" + gen.log_text())
-        self.proc = Proc("synapse", [sys.executable, "-m", "synapse.app.homeserver",
+        self.proc = Process("synapse", [sys.executable, "-m", "synapse.app.homeserver",
                                      "-c", str(path)], self.workdir).start()
         wait_until(self._up, timeout, 0.2, "Synapse to answer /_matrix/client/versions")
         return self
@@ -121,7 +122,7 @@ class Synapse:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.stop(grace=10.0)
 
     def register_user(self, localpart: str, password: str, admin: bool = False) -> dict:
         """Shared-secret registration; returns the login response (user_id, access_token)."""

@@ -67,28 +67,32 @@ _unfinished: set[asyncio.Future[None]] = set()
 
 def run_now(coro: Coroutine[Any, Any, None]) -> None:
     """Run ``coro`` to its end now if it never waits; if it does wait, a task finishes it."""
+    waited = _step(coro)
+    if waited is not _DONE:
+        task = asyncio.ensure_future(_finish(coro, waited))
+        _unfinished.add(task)
+        task.add_done_callback(_unfinished.discard)
+
+
+_DONE = object()
+
+
+def _step(coro: Coroutine[Any, Any, None]) -> Any:
+    """Run ``coro`` to its next wait: what it yielded there, or _DONE once it has ended
+    (a failure is logged: a lost packet is not worth more)."""
     try:
-        waited = coro.send(None)
+        return coro.send(None)
     except StopIteration:
-        return
+        return _DONE
     except Exception:
         log.debug("RTP send failed", exc_info=True)
-        return
-    task = asyncio.ensure_future(_finish(coro, waited))
-    _unfinished.add(task)
-    task.add_done_callback(_unfinished.discard)
+        return _DONE
 
 
 async def _finish(coro: Coroutine[Any, Any, None], waited: Any) -> None:
-    while True:
+    while waited is not _DONE:
         await _Resume(waited)
-        try:
-            waited = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:
-            log.debug("RTP send failed", exc_info=True)
-            return
+        waited = _step(coro)
 
 
 class _Resume:

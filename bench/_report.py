@@ -44,8 +44,8 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| N | up | loss to SIP | loss to Matrix | one-way to SIP (added) | one-way to "
         "Matrix (added) | jitter to SIP / Matrix | setup overhead | CPU ctrl | CPU workers | CPU total "
-        "| CPU / call | bench clients | machine | RSS MB / call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU / call | bench clients | machine | RSS MB / call | PSS MB / call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         loss = r["frame_loss_pct"]
@@ -63,7 +63,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {_mp(r['setup_overhead_ms'])} "
             f"| {_f(cpu['controller'])} | {_f(cpu['workers'])} | {_f(cpu['total'])} "
             f"| {_f(cpu['per_call'])} | {_f(cpu['bench_clients'])} | {_f(cpu['machine'])} "
-            f"| {_f(r['rss_mb_per_call'])} |")
+            f"| {_f(r['rss_mb_per_call'])} | {_f(r.get('pss_mb_per_call'))} |")
     lines += [
         "",
         "## Baseline: the same callers on pure aiortc (no Matrix, no pjsua2, no SIP)",

@@ -250,6 +250,25 @@ def rss_mb(pids: list[int]) -> float:
     return sum(s[1] for p in pids if (s := proc_stat(p)) is not None) / 2**20
 
 
+def shared_memory_mb(pids: list[int]) -> tuple[float, float]:
+    """(PSS, private) of ``pids`` in MB, from /proc/PID/smaps_rollup. RSS counts the shared
+    libraries (FFmpeg, OpenSSL, pjsua2, numpy) once per worker; PSS splits them between the
+    processes that map them, so the sum over all processes is what they really take."""
+    pss = private = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, rest = line.partition(":")
+            if key == "Pss":
+                pss += int(rest.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                private += int(rest.split()[0])
+    return pss / 1024, private / 1024
+
+
 # --- the bridge's /metrics ------------------------------------------------------------------
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+([-+0-9.eEinfNa]+)$')
 

@@ -30,7 +30,9 @@ monotonic clock, so the send time of every burst onset is known to the sample.
 - cpu_pct: % of one core over the S seconds for the controller, the workers, their total,
   the bench's callers (bench_clients: visible when they saturate), the PBX side, Synapse and
   the whole machine (of 200 % on two cores). rss_mb_per_call: the bridge's RSS (controller +
-  workers) / N; rss_mb also gives the per-worker and per-call growth.
+  workers) / N; rss_mb also gives the per-worker and per-call growth. pss_mb_per_call: the
+  same with PSS, which counts the shared libraries every worker maps once in all
+  (rss_mb.pss_total, and rss_mb.private_total: the pages no other process shares).
 - baseline: the same callers against bench/_baseline.py: the bridge's aiortc leg
   (bridge.media.webrtc) with aiortc's own RTP sender and receiver, in ceil(N/4) processes,
   each with a 20 ms clock: no Matrix, no pjsua2, no SIP.
@@ -79,6 +81,7 @@ from bench._stack import (  # noqa: E402
     proc_stat,
     rss_mb,
     scrape,
+    shared_memory_mb,
     start_stack,
     thread_stats,
 )
@@ -263,6 +266,7 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
             profiler.start()
         sleep_until(t0 + seconds / 2)
         rss_busy = {"controller": rss_mb([ctrl]), "workers": rss_mb(worker_pids)}
+        pss, private = shared_memory_mb([ctrl, *worker_pids])
         sleep_until(t0 + seconds)
         cpu = sampler.stop(time.monotonic())
         if profiler is not None:
@@ -329,7 +333,9 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         "per_worker_idle": round(rss_idle["workers"] / max(1, len(worker_pids)), 1),
         "growth_per_call": round((rss_total - rss_idle["controller"] - rss_idle["workers"])
                                  / max(1, established), 2),
+        "pss_total": round(pss, 1), "private_total": round(private, 1),
     }
+    result["pss_mb_per_call"] = round(pss / max(1, established), 1)
     result["bench_client"] = {
         "procs": len(callers),
         "send_late_ms": _worst([r["send_late_ms"] for r in measured]),

@@ -24,8 +24,6 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from aiortc.mediastreams import MediaStreamTrack
-
 from bench._media import (
     LEAD,
     SPF,
@@ -38,19 +36,11 @@ from bench._media import (
     summary,
 )
 from bench._stack import BenchUser, bench_login
+from bridge.media.g711_rtp import IdleTrack
 from tests.harness.call_client import CallClient, CallState
 from tests.harness.rtc_peer import RtcPeer
 
 DRAIN = 1.0  # seconds after the PBX side's window until the meters are read
-
-
-class _Idle(MediaStreamTrack):
-    """A track that never yields a frame: aiortc's sender stays idle (no encoder)."""
-
-    kind = "audio"
-
-    async def recv(self) -> Any:
-        await asyncio.Event().wait()
 
 
 class LeanPeer(RtcPeer):
@@ -63,7 +53,7 @@ class LeanPeer(RtcPeer):
         self._transport = self.audio.receiver.transport
         self._raw_send = self.dtmf._send  # the DTLS transport's own SRTP sender
         self._transport._handle_rtp_data = self._on_rtp
-        self.audio.sender.replaceTrack(_Idle())
+        self.audio.sender.replaceTrack(IdleTrack())
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         now = time.monotonic()

@@ -29,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
-from bridge.media.dtmf import rtp_payload
+from bridge.media.dtmf import HandleRtp, rtp_payload
 from bridge.media.tracks import g711_decode_table, g711_table
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ REPORT_EVERY = 25  # packets between updates of the sender report's counts (0.5 
 SendRtp = Callable[[bytes], Coroutine[Any, Any, None]]
 #: (RTP timestamp of the last packet sent, packets sent, payload octets sent)
 Report = Callable[[int, int, int], None]
-HandleRtp = Callable[..., Awaitable[None]]
 
 
 class IdleTrack(MediaStreamTrack):
@@ -119,7 +119,8 @@ class G711Rtp:
     :param send: the transport's RTP send path (already wrapped by the DTMF hook).
     :param forward: where packets of other payload types go (aiortc's own handling).
     :param sink: gets the decoded 8 kHz s16 PCM of each packet.
-    :param direction: returns the transceiver's current direction.
+    :param direction: returns the transceiver's current direction while the leg is
+        connected, None before and after (nothing is sent or taken then).
     """
 
     def __init__(
@@ -148,7 +149,6 @@ class G711Rtp:
         self._rx_ssrc: int | None = None
         self._rx_seq = 0
         self._late_run = 0
-        self.connected = False
         #: given the counts for RTCP sender reports every REPORT_EVERY packets
         self.report: Report | None = None
         self.sent = 0
@@ -159,7 +159,7 @@ class G711Rtp:
     # --- sending -----------------------------------------------------------------------
     def write(self, frame: bytes) -> None:
         """Send one 20 ms frame (s16 mono, 8 kHz) now, if the leg may send."""
-        if not self.connected or self._direction() not in ("sendrecv", "sendonly"):
+        if self._direction() not in ("sendrecv", "sendonly"):
             return
         now = time.monotonic()
         marker = self._last_send is None or now - self._last_send > GAP_S
@@ -167,9 +167,8 @@ class G711Rtp:
             # a pause (hold, a stalled source): the timestamp follows the clock across it
             self._timestamp += round((now - self._last_send) / 0.02 - 1) * SAMPLES
         self._last_send = now
-        header = bytes((0x80, (0x80 if marker else 0) | self.payload_type)) + (
-            (self._seq << 48) | ((self._timestamp & 0xFFFFFFFF) << 16) | (self.ssrc >> 16)
-        ).to_bytes(8, "big") + (self.ssrc & 0xFFFF).to_bytes(2, "big")
+        header = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | self.payload_type,
+                             self._seq, self._timestamp & 0xFFFFFFFF, self.ssrc)
         payload = self._encode[np.frombuffer(frame, dtype="<u2")].tobytes()
         self._seq = (self._seq + 1) & 0xFFFF
         self.sent += 1

@@ -45,7 +45,7 @@ from bridge.media.errors import (
 )
 from bridge.media.g711_rtp import G711Rtp, IdleTrack
 from bridge.media.leg import DtmfCallback, IceServer, LegState, MediaStats, StateCallback
-from bridge.media.tracks import IncomingAudio, OutgoingTrack
+from bridge.media.tracks import G711, IncomingAudio, OutgoingTrack
 
 log = logging.getLogger(__name__)
 
@@ -401,24 +401,26 @@ class WebRtcLeg:
         )
         self._use_g711_rtp(send, negotiated, ssrc)
 
+    def _connected_direction(self) -> str | None:
+        return self.direction if self._state == LegState.CONNECTED else None
+
     def _use_g711_rtp(self, send: tuple[str, int], negotiated: sdp.MediaSection,
                       ssrc: int) -> None:
         """Move G.711 at 8 kHz ourselves (``g711_rtp``), once, where the hook allows it."""
         if not self._direct_g711 or self._g711 is not None or not self._dtmf.installed or not ssrc:
             return
         name, rate = send
-        if self.clock_rate != 8000 or rate != 8000 or name not in ("pcmu", "pcma"):
+        if self.clock_rate != 8000 or rate != 8000 or name not in G711:
             return
         pt = next((p for p, n, r in negotiated.codecs() if (n, r) == send), None)
-        receive = {p: n for p, n, r in negotiated.codecs() if n in ("pcmu", "pcma") and r == 8000}
+        receive = {p: n for p, n, r in negotiated.codecs() if n in G711 and r == 8000}
         assert self._transceiver is not None
         transport = self._transceiver.receiver.transport
         if pt is None or transport is None:
             return
         g711 = G711Rtp(name, pt, receive, ssrc, transport._send_rtp, self._dtmf.downstream,
-                       self._in.feed_pcm, lambda: self.direction)
+                       self._in.feed_pcm, self._connected_direction)
         self._dtmf.downstream = g711.on_rtp
-        g711.connected = self._state == LegState.CONNECTED
         g711.report = _sender_report(self._transceiver.sender)
         self._transceiver.sender.replaceTrack(IdleTrack())
         self._g711 = g711
@@ -472,8 +474,6 @@ class WebRtcLeg:
         self._state = state
         if state == LegState.CONNECTED and self._watchdog is not None:
             self._watchdog.cancel()
-        if self._g711 is not None:
-            self._g711.connected = state == LegState.CONNECTED
         _call(self.on_state, state)
 
     def _digit(self, digit: str) -> None:

@@ -19,6 +19,7 @@ from bridge.media.tracks import g711_decode_table, g711_table
 class Wire:
     def __init__(self, direction: str = "sendrecv") -> None:
         self.direction: str | None = direction
+        self.connected = True
         self.sent: list[bytes] = []
         self.forwarded: list[bytes] = []
         self.pcm: list[bytes] = []
@@ -31,8 +32,7 @@ class Wire:
 
     def path(self) -> G711Rtp:
         rtp = G711Rtp("pcmu", 0, {0: "pcmu", 8: "pcma"}, 0x11223344, self.send, self.forward,
-                      self.pcm.append, lambda: self.direction)
-        rtp.connected = True
+                      self.pcm.append, lambda: self.direction if self.connected else None)
         return rtp
 
 
@@ -77,10 +77,10 @@ def test_nothing_is_sent_before_connected_or_while_not_sending() -> None:
     frame = bytes(320)
     rtp.write(frame)
     wire.direction = "sendonly"
-    rtp.connected = False
+    wire.connected = False
     rtp.write(frame)
     assert wire.sent == []
-    rtp.connected = True
+    wire.connected = True
     rtp.write(frame)
     assert len(wire.sent) == 1
 

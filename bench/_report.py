@@ -20,6 +20,12 @@ def _f(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _refused(r: dict[str, Any]) -> str:
+    """" (n refused)" when admission control turned calls away at that step."""
+    n = r.get("calls_refused_overload")
+    return f" ({n} refused)" if n else ""
+
+
 def _mp(d: dict[str, Any] | None) -> str:
     """median/p95"""
     if not d:
@@ -54,7 +60,7 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ow = r.get("one_way_ms", {})
         cpu = r["cpu_pct"]
         lines.append(
-            f"| {r['calls_requested']} | {r['calls_established']} "
+            f"| {r['calls_requested']} | {r['calls_established']}{_refused(r)} "
             f"| {_f(e2e['to_sip'], 2)} / {_f(br['to_sip'], 2)} "
             f"| {_f(e2e['to_matrix'], 2)} / {_f(br['to_matrix'], 2)} "
             f"| {_mp(ow.get('to_sip'))} ({_f(lat.get('to_sip', {}).get('median'))}) "

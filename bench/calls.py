@@ -24,6 +24,9 @@ monotonic clock, so the send time of every burst onset is known to the sample.
   to_sip comes out negative: the bridge's caller → SRTP → pump → pjmedia → PBX path is
   shorter than aiortc's own receive path. to_matrix compares the bridge's pjmedia jitter
   buffer, conference clock and pump against the baseline's aiortc sender task.
+- calls_refused_overload: calls the bridge refused because the machine's CPU was nearly
+  full (sip.min_idle_cpu, --min-idle-cpu; bridge/sip/admission.py). The callers share the
+  cores with the bridge here, so this shows where the whole machine is full.
 - jitter_ms: RFC 3550 interarrival jitter at the receivers, median over the calls.
 - setup_overhead_ms: the bridge's own per-call measurement (its log line: m.call.invite →
   SIP INVITE plus SIP 200 → m.call.answer), median and p95 over the calls.
@@ -198,7 +201,8 @@ class Profiler:
 # --- one step through the bridge -------------------------------------------------------------
 def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     workers = max(1, math.ceil(n / 4))
-    stack = make_stack(root, workers=workers, log_levels={"bridge.calls.manager": "INFO"})
+    stack = make_stack(root, workers=workers, log_levels={"bridge.calls.manager": "INFO"},
+                       bridge_overrides={"sip": {"min_idle_cpu": args.min_idle_cpu}})
     t_ref = math.floor(time.monotonic()) + 1.0
     pbx_port = free_rtp_port()
     kids: list[Child] = []
@@ -240,6 +244,9 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         established = sum(1 for c in calls if c["ok"])
         errors += [c["error"] for c in calls if c["error"]]
         result["calls_established"] = established
+        result["calls_refused_overload"] = int(metric(
+            scrape(stack.metrics_port), "bridge_calls_refused_overload_total",
+            direction="outbound"))
         if errors:
             result["errors"] = sorted(set(errors))[:5]
 
@@ -488,6 +495,9 @@ def main() -> int:
     ap.add_argument("--setup-rate", type=float, default=10.0, help="calls placed per second")
     ap.add_argument("--calls-per-proc", type=int, default=12,
                     help="bench callers per process (one asyncio loop each)")
+    ap.add_argument("--min-idle-cpu", type=int, default=10, help="the bridge's "
+                    "sip.min_idle_cpu (10, its default: refuse calls the CPU cannot carry; "
+                    "0: let every call in, to see where audio breaks)")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
     ap.add_argument("--out-dir", default="", help="write latest.json, latest.md, latest.png here")
     ap.add_argument("--profile-dir", default="", help="py-spy the controller and workers "

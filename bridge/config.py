@@ -237,6 +237,7 @@ SCHEMA = Struct(
                     "calls_per_worker": optional(
                         Int(minimum=1, maximum=MAX_CALLS_PER_WORKER), MAX_CALLS_PER_WORKER
                     ),
+                    "min_idle_cpu": optional(Int(minimum=0, maximum=90), 10),
                     "codecs": optional(
                         List(Enum("PCMU", "PCMA", "G722"), min_items=1), ["G722", "PCMU", "PCMA"]
                     ),
@@ -332,6 +333,7 @@ class SipConfig:
     rtp_ports: tuple[int, int]
     workers: int
     calls_per_worker: int
+    min_idle_cpu: int
     codecs: list[str]
     clock_rate: int
     tls_ca_file: str | None
@@ -571,6 +573,7 @@ def _build(raw: dict[str, Any], path: Path) -> Config:
             rtp_ports=sip["rtp_ports"],
             workers=workers,
             calls_per_worker=sip["calls_per_worker"],
+            min_idle_cpu=sip["min_idle_cpu"],
             codecs=sip["codecs"],
             clock_rate=clock,
             tls_ca_file=_resolve_path(base, sip["tls"]["ca_file"]),

@@ -279,7 +279,11 @@ class CallManager:
         except Exception as e:
             log.warning("%s could not place the SIP call: %s", call.tag(), e)
             await self.records.start(call.record)
-            if type(e).__name__ in ("CompanyBusy", "CapacityExceeded", "WorkerUnavailable"):
+            if type(e).__name__ == "Overloaded":
+                await self.end(call, "user_busy", "overloaded", None,
+                               "The bridge is too busy to place more calls right now; "
+                               "try again in a minute.")
+            elif type(e).__name__ in ("CompanyBusy", "CapacityExceeded", "WorkerUnavailable"):
                 await self.end(call, "user_busy", "limited", None,
                                f"{target.company.name} has too many calls right now; "
                                "try again later.")

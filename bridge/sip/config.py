@@ -214,6 +214,9 @@ class SipConfig:
     #: a worker silent (or with a stalled pjsua2 loop) this long is killed and replaced.
     heartbeat_timeout_s: float = 5.0
     start_timeout_s: float = 20.0
+    #: refuse new calls while less than this % of the machine's CPU is idle (0: never);
+    #: see :mod:`.admission`.
+    min_idle_cpu: float = 0.0
     #: HMAC key of the digest nonces, random per pool and shared by its workers: a nonce one
     #: worker gave out stays valid at another (a round-robin dispatcher in front).
     nonce_secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False,
@@ -235,6 +238,8 @@ class SipConfig:
             )
         if not self.listen:
             raise ValueError("sip.listen needs at least one transport")
+        if not 0 <= self.min_idle_cpu < 100:
+            raise ValueError(f"min_idle_cpu must be 0-99 %, got {self.min_idle_cpu}")
         for codec in self.codecs:
             if codec not in SUPPORTED_CODECS:
                 raise ValueError(f"codec {codec!r} is not one of {', '.join(SUPPORTED_CODECS)}")

@@ -46,6 +46,12 @@ class CapacityExceeded(SipError):
     code = "capacity"
 
 
+class Overloaded(CapacityExceeded):
+    """The machine's CPU is too busy to carry one more call (``sip.min_idle_cpu``)."""
+
+    code = "overloaded"
+
+
 class CompanyBusy(SipError):
     """The company's own concurrent-call limit is reached."""
 
@@ -85,6 +91,7 @@ _BY_CODE: dict[str, type[SipError]] = {
         CallStateError,
         InvalidTarget,
         CapacityExceeded,
+        Overloaded,
         CompanyBusy,
         MessageTooLarge,
         WorkerDied,

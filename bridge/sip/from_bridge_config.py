@@ -79,6 +79,7 @@ def sip_config(cfg: Config) -> SipConfig:
         media_addresses=tuple(s.media_addresses),
         workers=s.workers,
         calls_per_worker=s.calls_per_worker,
+        min_idle_cpu=float(s.min_idle_cpu),
         codecs=tuple(s.codecs),
         clock_rate=s.clock_rate,
         tls_server=TlsServer(cert_file=s.tls_cert_file, key_file=s.tls_key_file),

@@ -56,6 +56,9 @@ class CallHandle:
         self.correlation = ""
         self._worker = worker
         self.state: State = "incoming" if direction == "inbound" else "calling"
+        #: loop time of the Answered event (admission control counts a call as starting
+        #: until its media shows in the CPU average).
+        self.answered_at: float | None = None
         self.end: Ended | Failed | None = None
         self._queue: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._finished = asyncio.get_running_loop().create_future()
@@ -87,6 +90,7 @@ class CallHandle:
             self.state = "early"
         elif isinstance(event, Answered):
             self.state = "answered"
+            self.answered_at = asyncio.get_running_loop().time()
         if isinstance(event, TERMINAL):
             self.end = event
             if not self._finished.done():

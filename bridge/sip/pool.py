@@ -23,7 +23,9 @@ kills one that stops answering, reports each of a dead worker's calls as :class:
 starts a replacement on the same ports (after a back-off when it keeps dying). Outbound calls
 go to the least-loaded worker with a free slot; the per-company ``max_calls`` is enforced
 here for both directions (inbound over the limit: 486). An inbound call nobody handles
-(no ``on_incoming_call``) is rejected with 480.
+(no ``on_incoming_call``) is rejected with 480. With ``min_idle_cpu`` set, a new call is
+refused while the machine's CPU is nearly full (:mod:`.admission`; outbound:
+:class:`Overloaded`, inbound: 503).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -40,11 +43,13 @@ from functools import partial
 from typing import Any
 
 from . import ipc, media_ipc
+from .admission import SETTLE_S, Admission, CpuIdle
 from .config import LinkConfig, SipConfig
 from .errors import (
     CapacityExceeded,
     CompanyBusy,
     MessageTooLarge,
+    Overloaded,
     SipError,
     UnknownCompany,
     WorkerUnavailable,
@@ -113,6 +118,9 @@ class WorkerPool:
         self._stopping = False
         self._ids = itertools.count(1)
         self._tag = secrets.token_hex(3)
+        self._admission: Admission | None = None
+        #: calls refused because the machine was overloaded, by direction
+        self.overload_refusals = {"outbound": 0, "inbound": 0}
 
     # ------------------------------------------------------------ life
     async def start(self) -> None:
@@ -126,6 +134,7 @@ class WorkerPool:
                 self._links[link.company] = LinkStatus(
                     company=link.company, state="registering",
                     worker=self.config.home_worker(link.company))
+        self._start_admission()
         count = self.config.worker_count()
         results = await asyncio.gather(
             *(self._spawn(i) for i in range(count)), return_exceptions=True
@@ -136,6 +145,44 @@ class WorkerPool:
             raise SipError(f"SIP workers failed to start: {errors[0]}") from errors[0]
         log.info("SIP pool started: %d worker(s), %d call(s) each", count,
                  self.config.calls_per_worker)
+
+    def _start_admission(self) -> None:
+        if self.config.min_idle_cpu <= 0:
+            return
+        idle = CpuIdle()
+        try:
+            idle.sample()
+        except (OSError, ValueError) as e:
+            log.warning("sip.min_idle_cpu is set but the CPU load cannot be read (%s); "
+                        "calls are admitted without looking at it", e)
+            return
+        self._admission = Admission(self.config.min_idle_cpu, os.cpu_count() or 1, idle)
+        self._background(self._sample_cpu(idle), name="cpu-sampler")
+
+    async def _sample_cpu(self, idle: CpuIdle) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                idle.sample()
+            except (OSError, ValueError) as e:
+                log.warning("CPU load unreadable (%s); admission control is off", e)
+                self._admission = None
+                return
+
+    @property
+    def cpu_idle_percent(self) -> float | None:
+        """The idle share admission control last saw (None when it is off)."""
+        return self._admission.idle.percent if self._admission is not None else None
+
+    def _overloaded(self) -> str | None:
+        """Why the machine cannot take one more call now, or None."""
+        if self._admission is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        unsettled = sum(
+            1 for h in self._calls.values() if not h.ended and (
+                h.answered_at is None or now - h.answered_at < SETTLE_S))
+        return self._admission.refusal(unsettled)
 
     async def stop(self) -> None:
         """End every call (BYE/CANCEL), unregister, stop every worker cleanly."""
@@ -321,6 +368,10 @@ class WorkerPool:
         check_user(from_user, "from user")
         if link.max_calls is not None and self._company_calls(company) >= link.max_calls:
             raise CompanyBusy(f"{company} already has {link.max_calls} call(s)")
+        overloaded = self._overloaded()
+        if overloaded:
+            self.overload_refusals["outbound"] += 1
+            raise Overloaded(overloaded)
         candidates = [w for w in self._workers.values() if w.usable]
         if not candidates:
             raise WorkerUnavailable("no SIP worker is running")
@@ -469,12 +520,19 @@ class WorkerPool:
             link = None
         busy = (link is not None and link.max_calls is not None
                 and self._company_calls(msg.company) >= link.max_calls)
+        overloaded = None if busy else self._overloaded()
         self._calls[msg.call] = handle
         worker.calls.add(msg.call)
         if busy:
             log.info("call %s: %s is at its limit of %s call(s): 486", msg.call, msg.company,
                      link.max_calls if link else "?")
             self._background(self._reject_quietly(handle, 486, "Busy Here"))
+            return
+        if overloaded:
+            self.overload_refusals["inbound"] += 1
+            log.warning("call %s from %s refused with 503: %s", msg.call, msg.company,
+                        overloaded)
+            self._background(self._reject_quietly(handle, 503, "Service Unavailable"))
             return
         handler = self.on_incoming_call
         if handler is None:

@@ -61,6 +61,18 @@ class _StateCollector(Collector):
         yield alive
         yield restarts
         yield link
+        if pool is not None and pool.config.min_idle_cpu > 0:
+            refused = CounterMetricFamily(
+                "bridge_calls_refused_overload", "New calls refused because the CPU was "
+                "nearly full (sip.min_idle_cpu)", labels=["direction"])
+            for direction, n in sorted(pool.overload_refusals.items()):
+                refused.add_metric([direction], n)
+            yield refused
+            idle = pool.cpu_idle_percent
+            if idle is not None:
+                yield GaugeMetricFamily("bridge_cpu_idle_percent", "Idle share of the "
+                                        "machine's CPU over the last 3 s, as admission "
+                                        "control sees it", value=idle)
 
 
 class Metrics:

@@ -173,3 +173,10 @@ def test_port_taken_exits_2_without_hanging(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert f"127.0.0.1:{port}" in res.stderr.splitlines()[-1]
+
+
+def test_min_idle_cpu_out_of_range(tmp_path: Path) -> None:
+    code, err = check(GOOD + "sip: {min_idle_cpu: 95}\n", tmp_path)
+    assert code == 2
+    line = assert_one_line(err)
+    assert "sip.min_idle_cpu" in line and "90" in line

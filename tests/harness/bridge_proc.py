@@ -78,7 +78,10 @@ def base_config(hs_url: str, domain: str, port: int, database: str) -> dict[str,
                               "messages_per_minute": 5}},
         "sip": {"listen": {"udp": "127.0.0.1:0", "tcp": "127.0.0.1:0"},
                 "public_address": "127.0.0.1", "media_addresses": ["127.0.0.1"],
-                "workers": 1},
+                "workers": 1,
+                # the tests' peers and Synapse share the cores with the bridge: admission
+                # control stays off except in its own tests (tests/scale/test_admission.py)
+                "min_idle_cpu": 0},
         "companies": TEST_COMPANIES,
         "logging": {"level": "DEBUG", "levels": {"mau": "INFO", "aiosqlite": "INFO"}},
     }

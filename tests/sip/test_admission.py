@@ -1,0 +1,118 @@
+"""Admission control (bridge/sip/admission.py): with the machine's CPU nearly full, new calls
+are refused both ways while calls in progress go on; once it is free again calls go through.
+
+The load is real (one spinning process per core) and so is the reading (/proc/stat)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bridge.sip.admission import Admission, CpuIdle, read_cpu_times
+from bridge.sip.errors import CapacityExceeded, Overloaded
+from bridge.sip.events import Answered
+from bridge.sip.handles import CallHandle
+from bridge.sip.pool import WorkerPool
+from tests.harness.cpu_load import busy_cores
+from tests.sip.conftest import StartPool, eventually, sip_config, trunk
+from tests.sip.sippctl import Sipp
+from tests.sip.test_inbound_calls import uac
+
+MIN_IDLE = 50.0
+
+
+def test_read_cpu_times_from_proc_and_bad_files(tmp_path: Path) -> None:
+    free, total = read_cpu_times()
+    assert 0 < free < total
+    stat = tmp_path / "stat"
+    #         user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 20 30 400 5 6 7 8 50 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert read_cpu_times(stat) == (20 + 400 + 5, 100 + 20 + 30 + 400 + 5 + 6 + 7 + 8)
+    for bad in ("", "intr 1 2 3\n", "cpu 1 2\n", "cpu a b c d e f g h\n"):
+        stat.write_text(bad)
+        with pytest.raises(ValueError):
+            read_cpu_times(stat)
+
+
+def test_idle_share_is_averaged_over_the_window() -> None:
+    samples = iter([(0, 0), (50, 100), (60, 200), (160, 300), (260, 400)])
+    idle = CpuIdle(window=2, read=lambda: next(samples))
+    idle.sample()
+    assert idle.percent is None  # one sample says nothing yet
+    idle.sample()
+    assert idle.percent == 50.0
+    idle.sample()
+    assert idle.percent == 30.0  # (60 - 0) / (200 - 0)
+    idle.sample()
+    assert idle.percent == 55.0  # (160 - 50) / (300 - 100): the first sample left
+    idle.sample()
+    assert idle.percent == 100.0
+
+
+def test_admission_reserves_for_calls_not_yet_in_the_average() -> None:
+    samples = iter([(0, 0), (300, 1000)])  # 30 % free
+    idle = CpuIdle(read=lambda: next(samples))
+    idle.sample()
+    admission = Admission(20.0, cpu_count=2, idle=idle, call_cost_pct=2.0)
+    assert admission.refusal(0) is None  # no reading yet: let calls in
+    idle.sample()
+    assert admission.refusal(0) is None
+    assert admission.refusal(9) is None  # 30 - 9 x 1 = 21 % left
+    reason = admission.refusal(11)  # 30 - 11 = 19 % left
+    assert reason is not None and "30 % idle" in reason and "11 call(s) starting" in reason
+    assert "sip.min_idle_cpu is 20 %" in reason
+    assert Admission(0.0, 2, idle).refusal(1000) is None  # 0: off
+
+
+async def _wait_idle(pool: WorkerPool, below: bool, timeout_s: float) -> float:
+    def reached() -> bool:
+        idle = pool.cpu_idle_percent
+        return idle is not None and (idle < MIN_IDLE if below else idle >= MIN_IDLE + 10)
+
+    await eventually(reached, timeout_s, f"CPU idle {'below' if below else 'above'} "
+                     f"{MIN_IDLE} %")
+    value = pool.cpu_idle_percent
+    assert value is not None
+    return value
+
+
+async def test_overload_refuses_new_calls_and_keeps_the_ones_in_progress(
+        tmp_path: Path, start_pool: StartPool) -> None:
+    uas = Sipp(tmp_path / "uas", "uas_answer", calls=2, timeout_s=90).start()
+    accepted: asyncio.Queue[CallHandle] = asyncio.Queue()
+
+    async def on_call(handle: CallHandle) -> None:
+        await handle.answer()
+        await accepted.put(handle)
+
+    pool = await start_pool(sip_config(trunk(domain=uas.address), min_idle_cpu=MIN_IDLE),
+                            on_incoming_call=on_call)
+    await _wait_idle(pool, below=False, timeout_s=20)
+    first = await pool.make_call("acme", "100", from_user="alice=example.org")
+    await first.wait_for(Answered, 10)
+
+    with busy_cores():
+        idle = await _wait_idle(pool, below=True, timeout_s=15)
+        with pytest.raises(Overloaded, match="overloaded") as refused:
+            await pool.make_call("acme", "100", from_user="bob=example.org")
+        assert isinstance(refused.value, CapacityExceeded)  # callers that know only that
+        caller = uac(tmp_path / "in", pool, "uac_rejected", status="503").start()
+        assert await caller.done(20) == 0, caller.explain()
+        assert pool.overload_refusals == {"outbound": 1, "inbound": 1}, idle
+        assert accepted.empty()
+        assert first.state == "answered" and not first.ended
+
+    await _wait_idle(pool, below=False, timeout_s=20)
+    second = await pool.make_call("acme", "100", from_user="bob=example.org")
+    await second.wait_for(Answered, 10)
+    caller = uac(tmp_path / "in2", pool, hold_ms=500).start()
+    inbound = await asyncio.wait_for(accepted.get(), 10)
+    await inbound.wait_for(Answered, 10)
+    assert await caller.done(20) == 0, caller.explain()
+    for call in (first, second):
+        await call.hangup()
+        await call.wait_ended(10)
+    assert await uas.done(20) == 0, uas.explain()
+    assert pool.overload_refusals == {"outbound": 1, "inbound": 1}

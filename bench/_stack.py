@@ -195,15 +195,23 @@ def thread_stats(pid: int) -> dict[int, tuple[str, float]]:
 
 
 def children(pid: int) -> list[int]:
-    out = []
+    """Every process below ``pid``: the bridge's workers are forked by its workers' fork
+    server (bridge/sip/forkserver.py), which is counted with them."""
+    parents: dict[int, int] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
                 with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        out += kids
+        todo += kids
     return out
 
 

@@ -94,6 +94,7 @@ CTX = mp.get_context("spawn")
 SETUP_LINE = re.compile(
     r"setup overhead: m\.call\.invite→INVITE ([0-9.]+) ms, 200→m\.call\.answer ([0-9.]+) ms")
 PASSWORD = "benchpw"
+OVERLOAD_LINE = re.compile(r"the bridge is overloaded: ([^;]*);")
 
 
 class Child:
@@ -312,6 +313,9 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         "to_matrix": _median([m["jitter_ms"] for m in client_meters]),
     }
     pairs = [(float(a), float(b)) for a, b in SETUP_LINE.findall(log)]
+    refusals = OVERLOAD_LINE.findall(log)
+    if refusals:
+        result["overload_refusals"] = {"first": refusals[0], "last": refusals[-1]}
     result["setup_overhead_ms"] = {
         **summary(a + b for a, b in pairs),
         "invite_to_sip_invite": summary(a for a, _ in pairs),

@@ -73,6 +73,7 @@ from .events import (
     Transferred,
     WorkerInfo,
 )
+from .forkserver import ForkServer
 from .handles import CallHandle
 from .sipmsg import check_user
 from .workerproc import WorkerProcess
@@ -94,10 +95,9 @@ ENDED_MEMORY_S = 30.0
 
 
 class WorkerPool:
-    def __init__(self, config: SipConfig, *, python: str | None = None) -> None:
+    def __init__(self, config: SipConfig) -> None:
         config.validate()
         self.config = config
-        self._python = python
         self.on_incoming_call: IncomingCallHandler | None = None
         self.on_message: MessageHandler | None = None
         self.on_link_state: LinkStateHandler | None = None
@@ -119,6 +119,7 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._tag = secrets.token_hex(3)
         self._admission: Admission | None = None
+        self._forks = ForkServer()
         #: calls refused because the machine was overloaded, by direction
         self.overload_refusals = {"outbound": 0, "inbound": 0}
 
@@ -198,6 +199,7 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         self._workers.clear()
+        await self._forks.close()
         self._started = False
         log.info("SIP pool stopped")
 
@@ -208,7 +210,7 @@ class WorkerPool:
             on_dead=self._on_worker_dead,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s,
-            python=self._python,
+            forks=self._forks,
         )
         self._workers[index] = worker
         await worker.start(self.config.start_timeout_s)
@@ -289,6 +291,11 @@ class WorkerPool:
                                   max_calls=w.max_calls, restarts=self._restarts.get(index, 0),
                                   transports=transports))
         return out
+
+    @property
+    def fork_server_pid(self) -> int | None:
+        """The PID of the process the workers are forked from (bridge/sip/forkserver.py)."""
+        return self._forks.pid
 
     def calls(self) -> list[CallHandle]:
         return list(self._calls.values())

@@ -13,29 +13,19 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import ipc
 from .config import WorkerConfig
 from .errors import SipError, WorkerDied, error_from_code
+from .forkserver import ForkedWorker, ForkServer
 
 log = logging.getLogger(__name__)
 
 _REPLIES = (ipc.Reply, ipc.MessageOutcome, ipc.AudioReport)
 EXIT_WAIT_S = 5.0
-
-
-def _python_path() -> str:
-    """PYTHONPATH that lets the child import the same ``bridge`` package as we do."""
-    import bridge
-
-    root = str(Path(bridge.__file__).resolve().parent.parent)
-    current = os.environ.get("PYTHONPATH", "")
-    return root if not current else f"{root}{os.pathsep}{current}"
 
 
 class WorkerProcess:
@@ -47,16 +37,16 @@ class WorkerProcess:
         on_dead: Callable[[WorkerProcess, str], None],
         heartbeat_interval_s: float,
         heartbeat_timeout_s: float,
-        python: str | None = None,
+        forks: ForkServer,
     ) -> None:
         self.config = config
         self.index = config.index
+        self._forks = forks
         self._on_message = on_message
         self._on_dead = on_dead
         self._interval = heartbeat_interval_s
         self._timeout = heartbeat_timeout_s
-        self._python = python or sys.executable
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: ForkedWorker | None = None
         self.channel: ipc.Channel | None = None
         self.ready: ipc.Ready | None = None
         self.alive = False
@@ -90,14 +80,8 @@ class WorkerProcess:
     async def start(self, timeout_s: float) -> ipc.Ready:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _python_path()
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                self._python, "-m", "bridge.sip.worker", "--fd", str(child.fileno()),
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=2,
-                env=env,
-            )
+            self.proc = await self._forks.fork(child)
         finally:
             child.close()
         self.started_at = time.monotonic()

@@ -113,3 +113,44 @@ async def test_a_stalled_controller_does_not_kill_healthy_workers(tmp_path: Path
     assert not call.ended
     await call.hangup()
     assert isinstance(await call.wait_ended(10), Ended)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent that does not reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path,
+                                                                  start_pool: StartPool):
+    """Workers are children of the fork server (bridge/sip/forkserver.py). If it dies, the
+    pool stops its workers (nobody would report their exits), reports their calls failed,
+    and a new fork server starts their replacements."""
+    uas = Sipp(tmp_path, "uas_answer", rtp_echo=True, calls=2).start()
+    try:
+        pool = await start_pool(sip_config(trunk(domain=uas.address), workers=2))
+        server = pool.fork_server_pid
+        assert server is not None
+        old = {w.index: w.pid for w in pool.workers()}
+        for pid in old.values():
+            with open(f"/proc/{pid}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[1]) == server
+        call = await pool.make_call("acme", "100", from_user="alice=example.org")
+        await call.wait_for(Answered, 10)
+        os.kill(server, signal.SIGKILL)
+        end = await call.wait_ended(10)
+        assert isinstance(end, Failed) and "died" in end.reason, end
+        await eventually(lambda: all(not _running(pid) for pid in old.values()), 10,
+                         "the old workers to stop")
+        await eventually(lambda: all(w.alive and w.pid != old[w.index]
+                                     for w in pool.workers()), 20, "replacement workers")
+        assert pool.fork_server_pid not in (None, server)
+        again = await pool.make_call("acme", "101", from_user="alice=example.org")
+        await again.wait_for(Answered, 10)
+        await again.hangup()
+        assert isinstance(await again.wait_ended(10), Ended)
+    finally:
+        uas.stop()

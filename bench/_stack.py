@@ -194,9 +194,7 @@ def thread_stats(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def children(pid: int) -> list[int]:
-    """Every process below ``pid``: the bridge's workers are forked by its workers' fork
-    server (bridge/sip/forkserver.py), which is counted with them."""
+def _parents() -> dict[int, int]:
     parents: dict[int, int] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -205,11 +203,23 @@ def children(pid: int) -> list[int]:
                     parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started itself: for the bridge, its workers' fork server."""
+    return [p for p, parent in _parents().items() if parent == pid]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: for the bridge, the fork server and the workers it
+    forked (bridge/sip/forkserver.py)."""
+    parents = _parents()
     out: list[int] = []
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        kids = [p for p, pp in parents.items() if pp == parent]
+        above = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == above]
         out += kids
         todo += kids
     return out

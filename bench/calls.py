@@ -79,6 +79,7 @@ from bench._stack import (  # noqa: E402
     UasMedia,
     bench_tmpdir,
     children,
+    descendants,
     make_stack,
     metric,
     proc_stat,
@@ -229,7 +230,7 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         ready = ask_all(callers, [None] * len(callers), 120 + 2 * n)
         errors = [e for r in ready for e in r["errors"]]
         ctrl = stack.bridge.proc.pid if stack.bridge.proc else 0
-        worker_pids = children(ctrl)
+        worker_pids = descendants(ctrl)  # the fork server and the workers
         # the bridge idle, every worker started: its base cost
         idle = CpuSampler({"controller": [ctrl], "workers": worker_pids})
         idle.start(time.monotonic())
@@ -255,7 +256,7 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         pbx.ask({"cmd": "measure", "t0": t0, "seconds": seconds}, 30)
         for c in callers:
             c.conn.send({"cmd": "measure", "t0": t0, "seconds": seconds})
-        worker_pids = children(ctrl)
+        worker_pids = descendants(ctrl)
         groups_cpu = {"controller": [ctrl], "workers": worker_pids,
                       "bench_clients": [c.pid for c in callers],
                       "pbx": [pbx.pid, sipp.proc.pid] if sipp.proc.pid else [pbx.pid],
@@ -265,8 +266,9 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         if args.profile_dir:
             # py-spy pauses and unwinds what it samples (~9 % of a core each here): the
             # controller and a few workers only
+            forked = [p for p in worker_pids if p not in children(ctrl)]
             names = {"controller": ctrl, **{f"worker{k}": p for k, p in
-                                            enumerate(worker_pids[:args.profile_workers])}}
+                                            enumerate(forked[:args.profile_workers])}}
             profiler = Profiler(Path(args.profile_dir), names, seconds)
         sleep_until(t0)
         sampler.start(time.monotonic())
@@ -334,14 +336,14 @@ def bridged(n: int, seconds: float, args: argparse.Namespace, root: Path) -> dic
         "others": round(cpu["machine"] - bridge_cpu - cpu["bench_clients"] - cpu["pbx"]
                         - cpu["synapse"], 1),
         "idle_controller": idle_cpu["controller"],
-        "idle_per_worker": round(idle_cpu["workers"] / max(1, len(worker_pids)), 2),
+        "idle_per_worker": round(idle_cpu["workers"] / workers, 2),
     }
     rss_total = rss_busy["controller"] + rss_busy["workers"]
     result["rss_mb_per_call"] = round(rss_total / max(1, established), 1)
     result["rss_mb"] = {
         "total": round(rss_total, 1), "controller": round(rss_busy["controller"], 1),
-        "per_worker": round(rss_busy["workers"] / max(1, len(worker_pids)), 1),
-        "per_worker_idle": round(rss_idle["workers"] / max(1, len(worker_pids)), 1),
+        "per_worker": round(rss_busy["workers"] / workers, 1),
+        "per_worker_idle": round(rss_idle["workers"] / workers, 1),
         "growth_per_call": round((rss_total - rss_idle["controller"] - rss_idle["workers"])
                                  / max(1, established), 2),
         "pss_total": round(pss, 1), "private_total": round(private, 1),

@@ -5,13 +5,18 @@ Controller side (runs in the bridge's asyncio loop):
 - :mod:`.pool` — :class:`~.pool.WorkerPool`: starts the workers, heartbeats, replaces a dead
   one, routes calls and messages, reports a dead worker's calls as failed.
 - :mod:`.workerproc` — one worker process seen from the controller (spawn, requests, death).
+- :mod:`.forkserver` — the process the workers are forked from, which imports their code
+  once so that they share it (``python -m bridge.sip.forkserver``, one per pool).
+- :mod:`.admission` — refuses new calls while the machine's CPU is nearly full
+  (``min_idle_cpu``).
 - :mod:`.handles` — :class:`~.handles.CallHandle`: one call's event stream and actions.
 - :mod:`.events` — the public event and result types.
 - :mod:`.config` — :class:`~.config.SipConfig` (what the pool is given) and the per-worker
   :class:`~.config.WorkerConfig` sent over IPC.
 - :mod:`.ipc` — the typed messages (JSON, length-prefixed, over a socketpair).
 
-Worker side (``python -m bridge.sip.worker --fd N``):
+Worker side (forked by the fork server; ``python -m bridge.sip.worker --fd N`` runs one
+on its own):
 
 - :mod:`.worker` — the process: asyncio loop for IPC and per-call audio.
 - :mod:`.endpoint` — the pjsua2 owner thread (Endpoint, start-up, teardown, routing).

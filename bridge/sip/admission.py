@@ -7,10 +7,15 @@ in progress. This is FreeSWITCH's ``min-idle-cpu`` idea:
 
 * :class:`CpuIdle` reads the machine's free CPU time from ``/proc/stat`` once a second and
   averages it over the last few seconds (a short burst from another process is not overload);
-* :class:`Admission` refuses a call when the idle share, less what the calls not yet seen in
-  that average will cost, is below ``sip.min_idle_cpu``. A call is "not yet seen" while it
-  rings and for :data:`SETTLE_S` after it is answered: that keeps a burst of calls arriving
-  within one second from all being let in on the same low reading.
+* :class:`Admission` refuses a call when the free share, less what the calls not yet seen in
+  that average will cost, is below ``sip.min_idle_cpu``. A ringing call is not seen at all
+  (its media has not started); an answered one is seen in proportion to how much of the
+  window has passed since it was answered (:func:`unseen_share`). That keeps a burst of calls
+  from all being let in on the same reading.
+
+The window (:data:`WINDOW_S`) is a compromise: long enough that the CPU spent setting calls
+up (DTLS handshakes, the homeserver's events) in a burst does not read as the load the calls
+will keep, short enough that a machine that really fills up is seen within seconds.
 
 The pool asks before it places an outbound call (refused: :class:`Overloaded`) and before it
 hands an inbound INVITE on (refused: 503, so a dispatcher in front can try another bridge).
@@ -28,10 +33,8 @@ log = logging.getLogger(__name__)
 PROC_STAT = Path("/proc/stat")
 #: what one G.711 call costs, in % of one core (bench/calls.py on two cores: 1.5-2 %).
 CALL_COST_PCT = 2.0
-#: a call's media shows in the CPU average this long after it is answered.
-SETTLE_S = 3.0
-#: seconds of samples the idle share is averaged over.
-WINDOW_S = 3
+#: seconds of samples the free share is averaged over.
+WINDOW_S = 5
 
 
 def read_cpu_times(path: Path = PROC_STAT) -> tuple[int, int]:
@@ -47,6 +50,14 @@ def read_cpu_times(path: Path = PROC_STAT) -> tuple[int, int]:
     # user nice system idle iowait irq softirq steal (guest time is inside user already)
     ticks = [int(v) for v in fields[1:9]]
     return ticks[1] + ticks[3] + ticks[4], sum(ticks)
+
+
+def unseen_share(answered_at: float | None, now: float, window_s: float = WINDOW_S) -> float:
+    """How much of one call's cost the CPU average does not show yet: all of it while the
+    call rings, then less as the window fills with its answered time."""
+    if answered_at is None:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - (now - answered_at) / window_s))
 
 
 class CpuIdle:
@@ -81,17 +92,17 @@ class Admission:
         #: one call's cost as a share of the whole machine, in %.
         self.call_share_pct = call_cost_pct / max(1, cpu_count)
 
-    def refusal(self, unsettled: int) -> str | None:
-        """Why a new call must be refused, or None to let it in. ``unsettled``: calls the
-        CPU average does not show yet (ringing, or answered less than SETTLE_S ago)."""
+    def refusal(self, unseen: float) -> str | None:
+        """Why a new call must be refused, or None to let it in. ``unseen``: how many calls'
+        cost the CPU average does not show yet (the sum of :func:`unseen_share`)."""
         if self.min_idle_pct <= 0:
             return None
         idle = self.idle.percent
         if idle is None:
             return None
-        left = idle - unsettled * self.call_share_pct
+        left = idle - unseen * self.call_share_pct
         if left >= self.min_idle_pct:
             return None
-        pending = f", {unsettled} call(s) starting" if unsettled else ""
+        pending = f", {unseen:.1f} call(s) not yet in that" if unseen >= 0.05 else ""
         return (f"the bridge is overloaded: CPU {idle:.0f} % idle{pending}; "
                 f"sip.min_idle_cpu is {self.min_idle_pct:g} %")

@@ -194,6 +194,7 @@ def _child(fd: int, closing: list[int]) -> None:
             os.close(other)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from bridge.sip import worker
 
         code = worker.main(["--fd", str(fd)])
@@ -245,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge.sip.forkserver", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="socket to the controller")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
+    # The controller decides when we stop (end of stream), also when a terminal's Ctrl-C or
+    # a SIGTERM to the whole process group reaches us: dying first would make the controller
+    # kill the workers instead of letting them end their calls.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for name in PRELOAD:
         __import__(name)
     gc.collect()

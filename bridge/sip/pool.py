@@ -18,7 +18,8 @@ pool.extension_states()                      # {("acme", "101"): ExtensionStatus
 await pool.stop()
 ```
 
-The pool starts N workers (``workers: auto`` = one per core), keeps a heartbeat with each,
+The pool starts N workers (``workers: auto`` = one per core), forked from its fork server
+(:mod:`.forkserver`), keeps a heartbeat with each,
 kills one that stops answering, reports each of a dead worker's calls as :class:`Failed`, and
 starts a replacement on the same ports (after a back-off when it keeps dying). Outbound calls
 go to the least-loaded worker with a free slot; the per-company ``max_calls`` is enforced
@@ -43,7 +44,7 @@ from functools import partial
 from typing import Any
 
 from . import ipc, media_ipc
-from .admission import SETTLE_S, Admission, CpuIdle
+from .admission import Admission, CpuIdle, unseen_share
 from .config import LinkConfig, SipConfig
 from .errors import (
     CapacityExceeded,
@@ -180,10 +181,9 @@ class WorkerPool:
         if self._admission is None:
             return None
         now = asyncio.get_running_loop().time()
-        unsettled = sum(
-            1 for h in self._calls.values() if not h.ended and (
-                h.answered_at is None or now - h.answered_at < SETTLE_S))
-        return self._admission.refusal(unsettled)
+        unseen = sum(unseen_share(h.answered_at, now) for h in self._calls.values()
+                     if not h.ended)
+        return self._admission.refusal(unseen)
 
     async def stop(self) -> None:
         """End every call (BYE/CANCEL), unregister, stop every worker cleanly."""

@@ -1,4 +1,5 @@
-"""The SIP/media worker process: ``python -m bridge.sip.worker --fd N``.
+"""The SIP/media worker process: ``python -m bridge.sip.worker --fd N``, or :func:`main` in a
+child of the pool's fork server (:mod:`.forkserver`), which is how the pool starts it.
 
 ``N`` is this process's end of a socketpair made by the pool; stdout is never used (the pool
 points it at stderr anyway). The asyncio loop (main thread) speaks IPC and owns the per-call

@@ -71,7 +71,7 @@ class _StateCollector(Collector):
             idle = pool.cpu_idle_percent
             if idle is not None:
                 yield GaugeMetricFamily("bridge_cpu_idle_percent", "Idle share of the "
-                                        "machine's CPU over the last 3 s, as admission "
+                                        "machine's CPU over the last 5 s, as admission "
                                         "control sees it", value=idle)
 
 

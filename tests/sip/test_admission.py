@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sip.admission import Admission, CpuIdle, read_cpu_times
+from bridge.sip.admission import Admission, CpuIdle, read_cpu_times, unseen_share
 from bridge.sip.errors import CapacityExceeded, Overloaded
 from bridge.sip.events import Answered
 from bridge.sip.handles import CallHandle
@@ -59,11 +59,19 @@ def test_admission_reserves_for_calls_not_yet_in_the_average() -> None:
     assert admission.refusal(0) is None  # no reading yet: let calls in
     idle.sample()
     assert admission.refusal(0) is None
-    assert admission.refusal(9) is None  # 30 - 9 x 1 = 21 % left
-    reason = admission.refusal(11)  # 30 - 11 = 19 % left
-    assert reason is not None and "30 % idle" in reason and "11 call(s) starting" in reason
+    assert admission.refusal(9.5) is None  # 30 - 9.5 x 1 = 20.5 % left
+    reason = admission.refusal(10.5)  # 30 - 10.5 = 19.5 % left
+    assert reason is not None and "30 % idle" in reason and "10.5 call(s)" in reason
     assert "sip.min_idle_cpu is 20 %" in reason
     assert Admission(0.0, 2, idle).refusal(1000) is None  # 0: off
+
+
+def test_a_call_shows_in_the_average_as_the_window_passes() -> None:
+    assert unseen_share(None, 100.0) == 1.0  # ringing: no media yet
+    assert unseen_share(100.0, 100.0, window_s=5) == 1.0
+    assert unseen_share(100.0, 102.0, window_s=5) == pytest.approx(0.6)
+    assert unseen_share(100.0, 105.0, window_s=5) == 0.0
+    assert unseen_share(100.0, 500.0, window_s=5) == 0.0
 
 
 async def _wait_idle(pool: WorkerPool, below: bool, timeout_s: float) -> float:

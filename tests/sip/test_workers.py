@@ -3,6 +3,7 @@ reported failed, a clean stop ends every call with BYE."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -140,6 +141,13 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
                 assert int(f.read().rsplit(")", 1)[1].split()[1]) == server
         call = await pool.make_call("acme", "100", from_user="alice=example.org")
         await call.wait_for(Answered, 10)
+        # a SIGTERM to the whole process group (or a terminal's Ctrl-C) is the controller's
+        # and the workers' to handle: the fork server stays
+        os.kill(server, signal.SIGTERM)
+        os.kill(server, signal.SIGINT)
+        await asyncio.sleep(1.0)
+        assert _running(server) and pool.fork_server_pid == server
+        assert call.state == "answered" and {w.index: w.pid for w in pool.workers()} == old
         os.kill(server, signal.SIGKILL)
         end = await call.wait_ended(10)
         assert isinstance(end, Failed) and "died" in end.reason, end

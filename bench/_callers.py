@@ -115,7 +115,19 @@ async def _place_matrix(call: Call, ticker: Ticker, t_ref: float) -> None:
     _attach(call, peer, ticker, t_ref)
     state = await call.client.wait_for_state(CallState.CONNECTED, CallState.ENDED, timeout=90)
     if state != CallState.CONNECTED:
-        raise RuntimeError(f"call ended: {call.client.hangup_reason}")
+        # a refused call (the bridge's admission control) loads the machine no further:
+        # no more ticks, its peer and the user's /sync closed
+        reason = call.client.hangup_reason
+        if peer.source is not None:
+            ticker.remove(peer.source)
+        call.peer = None
+        with contextlib.suppress(Exception):
+            await call.client.close()
+        with contextlib.suppress(Exception):
+            await call.user.close()
+        call.client = None
+        call.user = None
+        raise RuntimeError(f"call ended: {reason}")
     call.setup_ms = (time.monotonic() - t) * 1000
 
 

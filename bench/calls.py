@@ -501,8 +501,8 @@ def main() -> int:
     ap.add_argument("--setup-rate", type=float, default=10.0, help="calls placed per second")
     ap.add_argument("--calls-per-proc", type=int, default=12,
                     help="bench callers per process (one asyncio loop each)")
-    ap.add_argument("--min-idle-cpu", type=int, default=10, help="the bridge's "
-                    "sip.min_idle_cpu (10, its default: refuse calls the CPU cannot carry; "
+    ap.add_argument("--min-idle-cpu", type=int, default=5, help="the bridge's "
+                    "sip.min_idle_cpu (5, its default: refuse calls the CPU cannot carry; "
                     "0: let every call in, to see where audio breaks)")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
     ap.add_argument("--out-dir", default="", help="write latest.json, latest.md, latest.png here")

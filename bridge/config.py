@@ -237,7 +237,7 @@ SCHEMA = Struct(
                     "calls_per_worker": optional(
                         Int(minimum=1, maximum=MAX_CALLS_PER_WORKER), MAX_CALLS_PER_WORKER
                     ),
-                    "min_idle_cpu": optional(Int(minimum=0, maximum=90), 10),
+                    "min_idle_cpu": optional(Int(minimum=0, maximum=90), 5),
                     "codecs": optional(
                         List(Enum("PCMU", "PCMA", "G722"), min_items=1), ["G722", "PCMU", "PCMA"]
                     ),

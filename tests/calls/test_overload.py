@@ -6,7 +6,6 @@ bridge and sipp PBX."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from tests.harness.bridge_proc import BridgeProc
 from tests.harness.call_client import CallClient, CallOptions, CallState
 from tests.harness.cpu_load import busy_cores
 from tests.harness.dm_calls import dm_with, notice_in
-from tests.harness.matrix_user import MatrixUser, login
+from tests.harness.matrix_user import MatrixUser
+from tests.harness.own_stack import own_stack, syncing_user
 from tests.harness.synapse import SERVER_NAME, Synapse
 from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
@@ -58,8 +58,7 @@ class OverloadStack:
 def overload_stack(tmp_path: Path) -> Iterator[OverloadStack]:
     pbx_port, metrics_port = free_port(), free_port()
     pbx = Sipp.uas_ring(tmp_path / "pbx", local_port=pbx_port, timeout_s=120)
-    synapse = Synapse(tmp_path / "synapse", registrations=[])
-    bridge = BridgeProc(tmp_path / "bridge", synapse.url, SERVER_NAME, overrides={
+    overrides = {
         "companies": {"busyco": {
             "name": "Busy Co", "main_line": "200",
             "pbx": {"mode": "trunk", "registrar": f"sip:127.0.0.1:{pbx_port}",
@@ -70,18 +69,9 @@ def overload_stack(tmp_path: Path) -> Iterator[OverloadStack]:
         "sip": {"listen": {"udp": "127.0.0.1:0", "tcp": "127.0.0.1:0"}, "workers": 1,
                 "min_idle_cpu": MIN_IDLE},
         "metrics": {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
-    })
-    bridge.generate()
-    synapse.registrations = [bridge.registration_path]
-    try:
-        synapse.start()
-        pbx.start()
-        bridge.start()
+    }
+    with own_stack(tmp_path, overrides, pbx) as (synapse, bridge):
         yield OverloadStack(synapse, bridge, pbx, metrics_port)
-    finally:
-        bridge.stop()
-        pbx.stop()
-        synapse.stop()
 
 
 async def _call(user: MatrixUser, room: str) -> CallClient:
@@ -92,10 +82,7 @@ async def _call(user: MatrixUser, room: str) -> CallClient:
 
 async def test_overloaded_bridge_refuses_calls_as_busy(overload_stack: OverloadStack) -> None:
     st = overload_stack
-    local = f"caller{secrets.token_hex(3)}"
-    st.synapse.register_user(local, "pw-" + local)
-    user = await login(st.synapse.url, f"@{local}:{SERVER_NAME}", "pw-" + local)
-    user.start_sync()
+    user = await syncing_user(st.synapse, "caller")
     clients: list[CallClient] = []
     try:
         room = await dm_with(user, GHOST)

@@ -10,7 +10,6 @@ long after Synapse would have timed the ghost out, thanks to the bridge's repeat
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 
 from tests.harness.bridge_proc import BridgeProc
 from tests.harness.dm_calls import dm_with
-from tests.harness.matrix_user import MatrixUser, login
+from tests.harness.matrix_user import MatrixUser
+from tests.harness.own_stack import own_stack, syncing_user
 from tests.harness.synapse import SERVER_NAME, Synapse
 from tests.peers.ports import free_port
 from tests.sip.test_presence import subscribe_pbx
@@ -47,8 +47,7 @@ def presence_stack(tmp_path: Path) -> Iterator[PresenceStack]:
                         dialog_info(0), dialog_info(1, ("c1", "confirmed")),
                         dialog_info(2, ("c1", "terminated")), gaps_ms=GAPS_MS,
                         port=pbx_port, timeout_s=180)
-    synapse = Synapse(tmp_path / "synapse", registrations=[])
-    bridge = BridgeProc(tmp_path / "bridge", synapse.url, SERVER_NAME, overrides={
+    overrides = {
         "companies": {"presco": {
             "name": "Presence Co", "main_line": "300",
             "pbx": {"mode": "trunk", "registrar": f"sip:127.0.0.1:{pbx_port}",
@@ -57,18 +56,9 @@ def presence_stack(tmp_path: Path) -> Iterator[PresenceStack]:
         }},
         "bridge": {"default_company": None},
         "sip": {"listen": {"udp": "127.0.0.1:0", "tcp": "127.0.0.1:0"}, "workers": 1},
-    })
-    bridge.generate()
-    synapse.registrations = [bridge.registration_path]
-    try:
-        synapse.start()
-        pbx.start()
-        bridge.start()
+    }
+    with own_stack(tmp_path, overrides, pbx) as (synapse, bridge):
         yield PresenceStack(synapse, bridge, pbx)
-    finally:
-        bridge.stop()
-        pbx.stop()
-        synapse.stop()
 
 
 async def presence_of(user: MatrixUser, mxid: str) -> tuple[str, str | None]:
@@ -92,10 +82,7 @@ async def wait_presence(user: MatrixUser, want: tuple[str, str | None], timeout_
 
 async def test_extension_state_is_the_ghosts_presence(presence_stack: PresenceStack) -> None:
     st = presence_stack
-    local = f"watcher{secrets.token_hex(3)}"
-    st.synapse.register_user(local, "pw-" + local)
-    user = await login(st.synapse.url, f"@{local}:{SERVER_NAME}", "pw-" + local)
-    user.start_sync()
+    user = await syncing_user(st.synapse, "watcher")
     try:
         await dm_with(user, GHOST)  # presence is shown to users who share a room
         seen: list[tuple[str, str | None]] = []

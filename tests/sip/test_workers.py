@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from bridge.sip.events import Answered, EarlyMedia, Ended, Failed
+from bridge.sip.pool import WorkerPool
 from tests.sip.conftest import StartPool, eventually, sip_config, trunk
 from tests.sip.sippctl import Sipp
 
@@ -38,6 +39,14 @@ async def test_more_than_four_calls_spread_over_workers(tmp_path: Path, start_po
     assert await uas.done(15) == 0, uas.explain()
 
 
+async def _places_a_call(pool: WorkerPool) -> None:
+    """The pool still places a call that is answered and ends cleanly."""
+    again = await pool.make_call("acme", "101", from_user="alice=example.org")
+    await again.wait_for(Answered, 10)
+    await again.hangup()
+    assert isinstance(await again.wait_ended(10), Ended)
+
+
 async def test_killed_worker_is_replaced_and_its_call_failed(tmp_path: Path,
                                                             start_pool: StartPool):
     uas = Sipp(tmp_path, "uas_answer", rtp_echo=True, calls=2).start()
@@ -53,11 +62,7 @@ async def test_killed_worker_is_replaced_and_its_call_failed(tmp_path: Path,
             lambda: (w := pool.workers()[victim.index]).alive and w.pid != victim.pid and w,
             15, "a replacement worker")
         assert replaced.restarts == 1
-        # the pool still places calls, on the new worker too
-        again = await pool.make_call("acme", "101", from_user="alice=example.org")
-        await again.wait_for(Answered, 10)
-        await again.hangup()
-        assert isinstance(await again.wait_ended(10), Ended)
+        await _places_a_call(pool)  # on the new worker too
     finally:
         uas.stop()
 
@@ -156,9 +161,6 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
         await eventually(lambda: all(w.alive and w.pid != old[w.index]
                                      for w in pool.workers()), 20, "replacement workers")
         assert pool.fork_server_pid not in (None, server)
-        again = await pool.make_call("acme", "101", from_user="alice=example.org")
-        await again.wait_for(Answered, 10)
-        await again.hangup()
-        assert isinstance(await again.wait_ended(10), Ended)
+        await _places_a_call(pool)
     finally:
         uas.stop()

@@ -101,10 +101,17 @@ class ForkServer:
         return self._workers[pid]
 
     async def close(self) -> None:
-        """Stop the server (its running workers are not touched: they stop on their own)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Stop the server. The pool has stopped its workers first; any still running
+        are killed (nobody would report their exit any more)."""
+        sock, self._sock = self._sock, None
+        if self._reader is not None:
+            # before the socket closes: a pending read must not outlive its descriptor
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if sock is not None:
+            sock.close()
         if self._proc is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._proc.wait(), 10)
@@ -113,11 +120,6 @@ class ForkServer:
                     self._proc.kill()
                 await self._proc.wait()
             self._proc = None
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
 
     async def _ensure_running(self) -> socket.socket:
         if self._sock is not None and self._proc is not None and self._proc.returncode is None:

@@ -17,6 +17,10 @@ The window (:data:`WINDOW_S`) is a compromise: long enough that the CPU spent se
 up (DTLS handshakes, the homeserver's events) in a burst does not read as the load the calls
 will keep, short enough that a machine that really fills up is seen within seconds.
 
+In a container with a CPU quota (cgroup v2 ``cpu.max``), ``/proc/stat`` still shows the whole
+host; the quota's own free share (from ``cpu.stat``) is read too, and the lower one counts
+(:class:`LeastIdle`), with a call's cost taken against the quota's cores.
+
 The pool asks before it places an outbound call (refused: :class:`Overloaded`) and before it
 hands an inbound INVITE on (refused: 503, so a dispatcher in front can try another bridge).
 """
@@ -24,13 +28,16 @@ hands an inbound INVITE on (refused: 503, so a dispatcher in front can try anoth
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 PROC_STAT = Path("/proc/stat")
+CGROUP = Path("/sys/fs/cgroup")
 #: what one G.711 call costs, in % of one core (bench/calls.py on two cores: 1.5-2 %).
 CALL_COST_PCT = 2.0
 #: seconds of samples the free share is averaged over.
@@ -50,6 +57,36 @@ def read_cpu_times(path: Path = PROC_STAT) -> tuple[int, int]:
     # user nice system idle iowait irq softirq steal (guest time is inside user already)
     ticks = [int(v) for v in fields[1:9]]
     return ticks[1] + ticks[3] + ticks[4], sum(ticks)
+
+
+def cgroup_quota_cores(root: Path = CGROUP) -> float | None:
+    """The CPU quota of our cgroup as a container sees it (cgroup v2 ``cpu.max``, e.g.
+    ``docker run --cpus 2``), in cores; None when there is none or it cannot be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        cores = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None  # no file (no cgroup v2, or not in a container), or "max": no quota
+    return cores if cores > 0 else None
+
+
+def cgroup_times_reader(cores: float, root: Path = CGROUP,
+                        clock: Callable[[], int] = time.monotonic_ns
+                        ) -> Callable[[], tuple[int, int]]:
+    """A reader of (free, total) microseconds of the quota: ``cores`` times the time that
+    passed, less what the cgroup used (``cpu.stat`` usage_usec)."""
+    stat = root / "cpu.stat"
+
+    def read() -> tuple[int, int]:
+        with stat.open() as f:
+            usage = next((int(value) for key, _, value in (line.partition(" ") for line in f)
+                          if key == "usage_usec"), None)
+        if usage is None:
+            raise ValueError(f"{stat}: no usage_usec")
+        total = int(clock() // 1000 * cores)
+        return total - usage, total
+
+    return read
 
 
 def unseen_share(answered_at: float | None, now: float, window_s: float = WINDOW_S) -> float:
@@ -82,15 +119,38 @@ class CpuIdle:
         return 100.0 * (idle1 - idle0) / (total1 - total0)
 
 
+class IdleGauge(Protocol):
+    def sample(self) -> None: ...
+
+    @property
+    def percent(self) -> float | None: ...
+
+
+class LeastIdle:
+    """The lowest free share of several gauges: the host's, and a container's quota."""
+
+    def __init__(self, *gauges: IdleGauge) -> None:
+        self.gauges = gauges
+
+    def sample(self) -> None:
+        for gauge in self.gauges:
+            gauge.sample()
+
+    @property
+    def percent(self) -> float | None:
+        values = [p for p in (g.percent for g in self.gauges) if p is not None]
+        return min(values) if values else None
+
+
 class Admission:
     """Whether the machine can carry one more call."""
 
-    def __init__(self, min_idle_pct: float, cpu_count: int, idle: CpuIdle,
+    def __init__(self, min_idle_pct: float, cpu_count: float, idle: IdleGauge,
                  call_cost_pct: float = CALL_COST_PCT) -> None:
         self.min_idle_pct = min_idle_pct
         self.idle = idle
-        #: one call's cost as a share of the whole machine, in %.
-        self.call_share_pct = call_cost_pct / max(1, cpu_count)
+        #: one call's cost as a share of the whole machine (or quota), in %.
+        self.call_share_pct = call_cost_pct / max(1.0, cpu_count)
 
     def refusal(self, unseen: float) -> str | None:
         """Why a new call must be refused, or None to let it in. ``unseen``: how many calls'

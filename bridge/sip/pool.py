@@ -44,7 +44,14 @@ from functools import partial
 from typing import Any
 
 from . import ipc, media_ipc
-from .admission import Admission, CpuIdle, unseen_share
+from .admission import (
+    Admission,
+    CpuIdle,
+    LeastIdle,
+    cgroup_quota_cores,
+    cgroup_times_reader,
+    unseen_share,
+)
 from .config import LinkConfig, SipConfig
 from .errors import (
     CapacityExceeded,
@@ -151,17 +158,24 @@ class WorkerPool:
     def _start_admission(self) -> None:
         if self.config.min_idle_cpu <= 0:
             return
-        idle = CpuIdle()
+        quota = cgroup_quota_cores()
+        gauges = [CpuIdle()]
+        if quota is not None:
+            gauges.append(CpuIdle(read=cgroup_times_reader(quota)))
+        idle = LeastIdle(*gauges)
         try:
             idle.sample()
         except (OSError, ValueError) as e:
             log.warning("sip.min_idle_cpu is set but the CPU load cannot be read (%s); "
                         "calls are admitted without looking at it", e)
             return
-        self._admission = Admission(self.config.min_idle_cpu, os.cpu_count() or 1, idle)
+        if quota is not None:
+            log.info("admission control: a CPU quota of %.2g core(s) (cgroup cpu.max)", quota)
+        self._admission = Admission(self.config.min_idle_cpu,
+                                    quota if quota is not None else os.cpu_count() or 1, idle)
         self._background(self._sample_cpu(idle), name="cpu-sampler")
 
-    async def _sample_cpu(self, idle: CpuIdle) -> None:
+    async def _sample_cpu(self, idle: LeastIdle) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sip.admission import Admission, CpuIdle, read_cpu_times, unseen_share
+from bridge.sip.admission import (
+    Admission,
+    CpuIdle,
+    LeastIdle,
+    cgroup_quota_cores,
+    cgroup_times_reader,
+    read_cpu_times,
+    unseen_share,
+)
 from bridge.sip.errors import CapacityExceeded, Overloaded
 from bridge.sip.events import Answered
 from bridge.sip.handles import CallHandle
@@ -72,6 +80,40 @@ def test_a_call_shows_in_the_average_as_the_window_passes() -> None:
     assert unseen_share(100.0, 102.0, window_s=5) == pytest.approx(0.6)
     assert unseen_share(100.0, 105.0, window_s=5) == 0.0
     assert unseen_share(100.0, 500.0, window_s=5) == 0.0
+
+
+def test_container_quota_from_cgroup_files(tmp_path: Path) -> None:
+    """This machine runs no CPU quota, so cgroup v2's cpu.max and cpu.stat are written here
+    as a container with ``--cpus 2`` would show them."""
+    assert cgroup_quota_cores(tmp_path) is None  # no cgroup v2 files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota_cores(tmp_path) is None  # unlimited
+    (tmp_path / "cpu.max").write_text("garbage\n")
+    assert cgroup_quota_cores(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert cgroup_quota_cores(tmp_path) == 2.0
+
+    now_ns = [0]
+    stat = tmp_path / "cpu.stat"
+    read = cgroup_times_reader(2.0, tmp_path, clock=lambda: now_ns[0])
+    stat.write_text("usage_usec 1000000\nuser_usec 800000\nsystem_usec 200000\n")
+    quota = CpuIdle(read=read)
+    quota.sample()
+    now_ns[0] = 1_000_000_000  # 1 s: 2 s of CPU allowed, 1.5 s used
+    stat.write_text("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
+    quota.sample()
+    assert quota.percent == pytest.approx(25.0)
+    stat.write_text("user_usec 1\n")
+    with pytest.raises(ValueError, match="usage_usec"):
+        read()
+
+    host = iter([(0, 0), (900, 1000)])  # the host: 90 % free
+    host_idle = CpuIdle(read=lambda: next(host))
+    least = LeastIdle(host_idle, CpuIdle(read=iter([(0, 0), (250, 1000)]).__next__))
+    least.sample()
+    assert least.percent is None
+    least.sample()
+    assert least.percent == 25.0  # the quota is the tighter one
 
 
 async def _wait_idle(pool: WorkerPool, below: bool, timeout_s: float) -> float:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -188,6 +189,14 @@ class ForkServer:
 
 # ---------------------------------------------------------------- the server process
 
+def _set_name(name: str) -> None:
+    """The process name ``top`` and ``ps -o comm`` show (Linux, at most 15 bytes)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+
 def _child(fd: int, closing: list[int]) -> None:
     """In the forked child: become a worker; never return."""
     code = 1
@@ -197,6 +206,7 @@ def _child(fd: int, closing: list[int]) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_name("sip-worker")
         from bridge.sip import worker
 
         code = worker.main(["--fd", str(fd)])
@@ -253,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     # kill the workers instead of letting them end their calls.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _set_name("sip-forkserver")
     for name in PRELOAD:
         __import__(name)
     gc.collect()

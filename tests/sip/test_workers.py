@@ -144,6 +144,10 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
         for pid in old.values():
             with open(f"/proc/{pid}/stat") as f:
                 assert int(f.read().rsplit(")", 1)[1].split()[1]) == server
+            with open(f"/proc/{pid}/comm") as f:
+                assert f.read().strip() == "sip-worker"  # what top shows
+        with open(f"/proc/{server}/comm") as f:
+            assert f.read().strip() == "sip-forkserver"
         call = await pool.make_call("acme", "100", from_user="alice=example.org")
         await call.wait_for(Answered, 10)
         # a SIGTERM to the whole process group (or a terminal's Ctrl-C) is the controller's

@@ -15,8 +15,7 @@ Controller side (runs in the bridge's asyncio loop):
   :class:`~.config.WorkerConfig` sent over IPC.
 - :mod:`.ipc` — the typed messages (JSON, length-prefixed, over a socketpair).
 
-Worker side (forked by the fork server; ``python -m bridge.sip.worker --fd N`` runs one
-on its own):
+Worker side (forked by the fork server, :func:`.worker.serve`):
 
 - :mod:`.worker` — the process: asyncio loop for IPC and per-call audio.
 - :mod:`.endpoint` — the pjsua2 owner thread (Endpoint, start-up, teardown, routing).

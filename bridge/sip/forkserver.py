@@ -2,8 +2,8 @@
 
 Every worker needs the same code: pjsua2, aiortc, PyAV, cryptography, numpy and the bridge's
 own worker modules, about 75 MB once imported, 40 MB of it written to (relocations, Python
-objects). A worker started as its own ``python -m bridge.sip.worker`` imports all of it again
-and holds a private copy. So each pool starts one fork server,
+objects). A worker started as a process of its own would import all of it again and hold a
+private copy. So each pool starts one fork server,
 ``python -m bridge.sip.forkserver --fd N``, which imports the worker's modules once, moves
 what it imported out of the garbage collector's reach (``gc.freeze``: a collection would
 otherwise write to every object and unshare its page) and then forks one child per worker.
@@ -209,7 +209,7 @@ def _child(fd: int, closing: list[int]) -> None:
         _set_name("sip-worker")
         from bridge.sip import worker
 
-        code = worker.main(["--fd", str(fd)])
+        code = worker.serve(fd)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:

@@ -62,7 +62,9 @@ def pjsua_call_dumps(skip: Collection[int] = (), limit: int = 8) -> list[str]:
     out: list[str] = []
     buf = ctypes.create_string_buffer(2048)
     for call_id in list(ids[: count.value]):
-        if call_id in skip or len(out) >= limit:
+        if len(out) >= limit:
+            break
+        if call_id in skip:
             continue
         if lib.pjsua_call_dump(call_id, 0, buf, len(buf), b"  ") == 0:
             out.append(f"call {call_id}: " + " ".join(buf.value.decode("utf-8", "replace").split()))

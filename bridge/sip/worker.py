@@ -1,9 +1,10 @@
-"""The SIP/media worker process: ``python -m bridge.sip.worker --fd N``, or :func:`main` in a
-child of the pool's fork server (:mod:`.forkserver`), which is how the pool starts it.
+"""The SIP/media worker process: :func:`serve` in a child of the pool's fork server
+(:mod:`.forkserver`).
 
-``N`` is this process's end of a socketpair made by the pool; stdout is never used (the pool
-points it at stderr anyway). The asyncio loop (main thread) speaks IPC and owns the per-call
-:class:`~.audio.CallAudio` objects; :class:`~.endpoint.PjOwner` runs pjsua2 in its own thread.
+Its IPC socket is this process's end of a socketpair made by the pool; stdout is never used
+(the fork server points it at stderr anyway). The asyncio loop (main thread) speaks IPC and
+owns the per-call :class:`~.audio.CallAudio` objects; :class:`~.endpoint.PjOwner` runs
+pjsua2 in its own thread.
 Log records of every thread (pjsua2's included) travel to the controller as ``LogLine``.
 
 The worker ends cleanly on ``Shutdown``, on SIGTERM, and when the controller goes away
@@ -13,7 +14,6 @@ destroyed in its own thread, then the process exits.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -31,7 +31,7 @@ from .media_bridge import MediaBridge
 from .media_ipc import MEDIA_COMMANDS
 from .pjlib import pj_reason
 
-log = logging.getLogger("bridge.sip.worker")  # not __main__ under -m
+log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.001
 STOP_TIMEOUT_S = 15.0
@@ -330,15 +330,9 @@ async def _amain(fd: int) -> int:
     return await Worker(channel).run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bridge.sip.worker", description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="IPC socket file descriptor")
-    args = parser.parse_args(argv)
+def serve(fd: int) -> int:
+    """Run the worker on the IPC socket ``fd`` until it stops; its exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="worker %(process)d %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_amain(args.fd))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return asyncio.run(_amain(fd))

@@ -13,7 +13,7 @@ help:
 	@echo "make demo   - local Synapse + the bridge on SQLite; prints how to log in"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench  - call ramp, call-setup overhead, message throughput (bench/results/)"
+	@echo "make bench  - call ramp, call-setup overhead, message throughput, clock callbacks (bench/results/)"
 	@echo "make clean  - remove the venv and the demo's data"
 
 $(STAMP): pyproject.toml
@@ -64,6 +64,8 @@ bench: venv debs
 	set -o pipefail; $(PY) bench/call_setup.py --calls 20 | tee bench/results/call_setup.txt
 	set -o pipefail; $(PY) bench/messages.py --rates 10,20,30,40,50,70,100 --seconds 60 --out bench/results/messages.json \
 		| tee bench/results/messages.txt
+	set -o pipefail; $(PY) bench/clock_callbacks.py --ports 8 --seconds 5 --rounds 5 2>&1 \
+		| tee bench/results/clock_callbacks.txt
 
 demo: venv debs
 	$(PY) demo/run.py

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import pjsua2 as pj
 
 from .framecopy import FrameCopy
+from .threadstate import keep_thread_state
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class FramePort(pj.AudioMediaPort):
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
         try:
+            keep_thread_state()
             self._copy.write(frame, self._buffers.next_tx())
             frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
         except Exception:  # noqa: S110 - nothing may escape into pjsua2
@@ -157,6 +159,7 @@ class FramePort(pj.AudioMediaPort):
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
         try:
+            keep_thread_state()
             if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
                 data = self._copy.read(frame)
                 if data:

@@ -17,9 +17,19 @@ The window (:data:`WINDOW_S`) is a compromise: long enough that the CPU spent se
 up (DTLS handshakes, the homeserver's events) in a burst does not read as the load the calls
 will keep, short enough that a machine that really fills up is seen within seconds.
 
-In a container with a CPU quota (cgroup v2 ``cpu.max``), ``/proc/stat`` still shows the whole
-host; the quota's own free share (from ``cpu.stat``) is read too, and the lower one counts
-(:class:`LeastIdle`), with a call's cost taken against the quota's cores.
+Under a CPU quota (cgroup v2 ``cpu.max``: a container's ``--cpus``, a systemd service's
+``CPUQuota=``, or one on a slice above the service), ``/proc/stat`` still shows the whole
+host; the tightest quota from the bridge's own cgroup up to the root is found
+(:func:`tightest_cgroup_quota`), its free share (from that cgroup's ``cpu.stat``) is read too,
+and the lower one counts (:class:`LeastIdle`), with a call's cost taken against the quota's
+cores.
+
+What a call costs is learned on the machine itself (:class:`CallCost`): once a second the
+pool reads the CPU time of each worker that holds answered calls (``/proc/PID/stat``), and
+over the window that CPU per call becomes the reserve for calls not yet seen (smoothed, held
+to 1-10 % of a core; 2 % until at least two calls have been up for a whole window). A
+machine twice as slow reserves twice as much, where a constant would let a burst in that
+the machine cannot carry.
 
 The pool asks before it places an outbound call (refused: :class:`Overloaded`) and before it
 hands an inbound INVITE on (refused: 503, so a dispatcher in front can try another bridge).
@@ -28,18 +38,29 @@ hands an inbound INVITE on (refused: 503, so a dispatcher in front can try anoth
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 PROC_STAT = Path("/proc/stat")
+PROC = Path("/proc")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 CGROUP = Path("/sys/fs/cgroup")
-#: what one G.711 call costs, in % of one core (bench/calls.py on two cores: 1.5-2 %).
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: what one G.711 call costs, in % of one core, until it is learned (bench/calls.py on two
+#: cores: 1.5-3 % depending on the machine).
 CALL_COST_PCT = 2.0
+#: the range a learned cost is held to, in % of one core.
+CALL_COST_RANGE = (1.0, 10.0)
+#: answered calls that must be up through a whole window before their cost is learned.
+LEARN_MIN_CALLS = 2
+#: weight of a new window's cost in the smoothed one.
+LEARN_WEIGHT = 0.3
 #: seconds of samples the free share is averaged over.
 WINDOW_S = 5
 
@@ -60,14 +81,45 @@ def read_cpu_times(path: Path = PROC_STAT) -> tuple[int, int]:
 
 
 def cgroup_quota_cores(root: Path = CGROUP) -> float | None:
-    """The CPU quota of our cgroup as a container sees it (cgroup v2 ``cpu.max``, e.g.
-    ``docker run --cpus 2``), in cores; None when there is none or it cannot be read."""
+    """The CPU quota one cgroup v2 directory sets (its ``cpu.max``), in cores; None when
+    there is none or it cannot be read."""
     try:
         quota, period = (root / "cpu.max").read_text().split()[:2]
         cores = int(quota) / int(period)
     except (OSError, ValueError, ZeroDivisionError):
         return None  # no file (no cgroup v2, or not in a container), or "max": no quota
     return cores if cores > 0 else None
+
+
+def own_cgroup(root: Path = CGROUP, self_cgroup: Path = PROC_SELF_CGROUP) -> Path:
+    """This process's cgroup v2 directory (the ``0::PATH`` line of ``/proc/self/cgroup``);
+    ``root`` when that cannot be read (inside a container's cgroup namespace it is ``/``)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return root
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            return root.joinpath(*[p for p in path.split("/") if p not in ("", ".", "..")])
+    return root
+
+
+def tightest_cgroup_quota(root: Path = CGROUP, self_cgroup: Path = PROC_SELF_CGROUP
+                          ) -> tuple[float, Path] | None:
+    """The smallest CPU quota (in cores) on the way from our cgroup up to the root, and the
+    cgroup that sets it: a container's own quota (``docker run --cpus``), a systemd
+    service's ``CPUQuota=``, or one on a slice above it. None when there is none."""
+    tightest: tuple[float, Path] | None = None
+    cgroup = own_cgroup(root, self_cgroup)
+    while True:
+        cores = cgroup_quota_cores(cgroup)
+        if cores is not None and (tightest is None or cores < tightest[0]):
+            tightest = (cores, cgroup)
+        if cgroup == root or root not in cgroup.parents:
+            return tightest
+        cgroup = cgroup.parent
 
 
 def cgroup_times_reader(cores: float, root: Path = CGROUP,
@@ -142,15 +194,79 @@ class LeastIdle:
         return min(values) if values else None
 
 
+def read_process_cpu(pid: int, proc: Path = PROC) -> float:
+    """CPU seconds (user and system) one process has used so far."""
+    data = (proc / str(pid) / "stat").read_bytes()
+    # "PID (comm) state ppid ...": comm may hold spaces and parentheses, so split after it
+    fields = data[data.rindex(b")") + 2:].split()
+    if len(fields) < 13:
+        raise ValueError(f"{proc / str(pid) / 'stat'}: too few fields")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CallCost:
+    """What one answered call costs, in % of one core, learned from the CPU time of the
+    workers that hold calls (see the module docstring)."""
+
+    def __init__(self, window: int = WINDOW_S, default_pct: float = CALL_COST_PCT,
+                 read: Callable[[int], float] = read_process_cpu) -> None:
+        self.pct = default_pct
+        self.learned = False
+        self._read = read
+        #: (time, {pid: (CPU seconds, answered calls)}) per sample
+        self._samples: deque[tuple[float, dict[int, tuple[float, int]]]] = deque(
+            maxlen=window + 1)
+
+    def observe(self, now: float, calls_by_pid: Mapping[int, int]) -> None:
+        """One sample: the answered calls of each worker process (once a second)."""
+        sample: dict[int, tuple[float, int]] = {}
+        for pid, calls in calls_by_pid.items():
+            try:
+                sample[pid] = (self._read(pid), calls)
+            except (OSError, ValueError):
+                continue  # the worker ended meanwhile
+        self._samples.append((now, sample))
+        if len(self._samples) == self._samples.maxlen:
+            self._learn()
+
+    def _learn(self) -> None:
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        spent = 0.0
+        call_seconds = 0.0
+        fewest = 0
+        for pid, (cpu1, _) in last.items():
+            counts = [s[pid][1] if pid in s else 0 for _, s in self._samples]
+            if pid not in first or min(counts) < 1:
+                continue  # a worker without calls all through the window: not the calls' CPU
+            spent += max(0.0, cpu1 - first[pid][0])
+            call_seconds += sum(counts[1:]) / (len(counts) - 1) * (t1 - t0)
+            fewest += min(counts)
+        if fewest < LEARN_MIN_CALLS or call_seconds <= 0:
+            return
+        low, high = CALL_COST_RANGE
+        pct = min(high, max(low, 100.0 * spent / call_seconds))
+        changed = not self.learned or abs(pct - self.pct) > 0.5 * self.pct
+        self.pct = pct if not self.learned else (1 - LEARN_WEIGHT) * self.pct + LEARN_WEIGHT * pct
+        if changed:
+            log.info("admission control: a call costs %.1f %% of a core here (%d calls "
+                     "measured over %.0f s)", self.pct, fewest, t1 - t0)
+        self.learned = True
+
+
 class Admission:
     """Whether the machine can carry one more call."""
 
     def __init__(self, min_idle_pct: float, cpu_count: float, idle: IdleGauge,
-                 call_cost_pct: float = CALL_COST_PCT) -> None:
+                 cost: CallCost | None = None) -> None:
         self.min_idle_pct = min_idle_pct
         self.idle = idle
-        #: one call's cost as a share of the whole machine (or quota), in %.
-        self.call_share_pct = call_cost_pct / max(1.0, cpu_count)
+        self.cost = cost if cost is not None else CallCost()
+        self.cores = max(1.0, cpu_count)
+
+    @property
+    def call_share_pct(self) -> float:
+        """One call's cost as a share of the whole machine (or quota), in %."""
+        return self.cost.pct / self.cores
 
     def refusal(self, unseen: float) -> str | None:
         """Why a new call must be refused, or None to let it in. ``unseen``: how many calls'

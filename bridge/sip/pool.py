@@ -46,10 +46,11 @@ from typing import Any
 from . import ipc, media_ipc
 from .admission import (
     Admission,
+    CallCost,
     CpuIdle,
     LeastIdle,
-    cgroup_quota_cores,
     cgroup_times_reader,
+    tightest_cgroup_quota,
     unseen_share,
 )
 from .config import LinkConfig, SipConfig
@@ -158,10 +159,10 @@ class WorkerPool:
     def _start_admission(self) -> None:
         if self.config.min_idle_cpu <= 0:
             return
-        quota = cgroup_quota_cores()
+        tightest = tightest_cgroup_quota()
         gauges = [CpuIdle()]
-        if quota is not None:
-            gauges.append(CpuIdle(read=cgroup_times_reader(quota)))
+        if tightest is not None:
+            gauges.append(CpuIdle(read=cgroup_times_reader(*tightest)))
         idle = LeastIdle(*gauges)
         try:
             idle.sample()
@@ -169,13 +170,17 @@ class WorkerPool:
             log.warning("sip.min_idle_cpu is set but the CPU load cannot be read (%s); "
                         "calls are admitted without looking at it", e)
             return
-        if quota is not None:
-            log.info("admission control: a CPU quota of %.2g core(s) (cgroup cpu.max)", quota)
-        self._admission = Admission(self.config.min_idle_cpu,
-                                    quota if quota is not None else os.cpu_count() or 1, idle)
-        self._background(self._sample_cpu(idle), name="cpu-sampler")
+        cores = float(os.cpu_count() or 1)
+        if tightest is not None:
+            cores = tightest[0]
+            log.info("admission control: a CPU quota of %.2g core(s) (%s)", cores,
+                     tightest[1] / "cpu.max")
+        cost = CallCost()
+        self._admission = Admission(self.config.min_idle_cpu, cores, idle, cost)
+        self._background(self._sample_cpu(idle, cost), name="cpu-sampler")
 
-    async def _sample_cpu(self, idle: LeastIdle) -> None:
+    async def _sample_cpu(self, idle: LeastIdle, cost: CallCost) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -184,6 +189,21 @@ class WorkerPool:
                 log.warning("CPU load unreadable (%s); admission control is off", e)
                 self._admission = None
                 return
+            cost.observe(loop.time(), self._answered_by_pid())
+
+    def _answered_by_pid(self) -> dict[int, int]:
+        """Answered calls in progress, by the PID of the worker that holds them."""
+        counts: dict[int, int] = {}
+        for handle in self._calls.values():
+            worker = self._workers.get(handle.worker)
+            if handle.answered_at is not None and not handle.ended and worker and worker.pid:
+                counts[worker.pid] = counts.get(worker.pid, 0) + 1
+        return counts
+
+    @property
+    def call_cost_percent(self) -> float | None:
+        """What admission control counts one call to cost, in % of a core (None when off)."""
+        return self._admission.cost.pct if self._admission is not None else None
 
     @property
     def cpu_idle_percent(self) -> float | None:

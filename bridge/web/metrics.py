@@ -73,6 +73,12 @@ class _StateCollector(Collector):
                 yield GaugeMetricFamily("bridge_cpu_idle_percent", "Idle share of the "
                                         "machine's CPU over the last 5 s, as admission "
                                         "control sees it", value=idle)
+            cost = pool.call_cost_percent
+            if cost is not None:
+                yield GaugeMetricFamily("bridge_call_cpu_percent", "What admission control "
+                                        "counts one answered call to cost, in % of one "
+                                        "core: learned from the workers' CPU time",
+                                        value=cost)
 
 
 class Metrics:

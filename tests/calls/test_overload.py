@@ -96,6 +96,7 @@ async def test_overloaded_bridge_refuses_calls_as_busy(overload_stack: OverloadS
         assert st.pbx.received("INVITE") == []
         counts = await st.metrics()
         assert counts['bridge_calls_refused_overload_total{direction="outbound"}'] == 1
+        assert counts["bridge_call_cpu_percent"] == 2.0  # no call answered yet: the default
         assert counts['bridge_call_attempts_total{company="busyco",direction="outbound",'
                       'outcome="overloaded"}'] == 1
 

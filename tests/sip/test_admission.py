@@ -6,17 +6,23 @@ The load is real (one spinning process per core) and so is the reading (/proc/st
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from bridge.sip.admission import (
+    CLK_TCK,
     Admission,
+    CallCost,
     CpuIdle,
     LeastIdle,
     cgroup_quota_cores,
     cgroup_times_reader,
+    own_cgroup,
     read_cpu_times,
+    read_process_cpu,
+    tightest_cgroup_quota,
     unseen_share,
 )
 from bridge.sip.errors import CapacityExceeded, Overloaded
@@ -63,7 +69,7 @@ def test_admission_reserves_for_calls_not_yet_in_the_average() -> None:
     samples = iter([(0, 0), (300, 1000)])  # 30 % free
     idle = CpuIdle(read=lambda: next(samples))
     idle.sample()
-    admission = Admission(20.0, cpu_count=2, idle=idle, call_cost_pct=2.0)
+    admission = Admission(20.0, cpu_count=2, idle=idle, cost=CallCost(default_pct=2.0))
     assert admission.refusal(0) is None  # no reading yet: let calls in
     idle.sample()
     assert admission.refusal(0) is None
@@ -116,6 +122,92 @@ def test_container_quota_from_cgroup_files(tmp_path: Path) -> None:
     assert least.percent == 25.0  # the quota is the tighter one
 
 
+def test_the_tightest_quota_from_our_cgroup_up(tmp_path: Path) -> None:
+    """A systemd service with CPUQuota= under a slice with its own quota, written as cgroup
+    v2 shows them (this machine runs none)."""
+    root = tmp_path / "cgroup"
+    service = root / "system.slice" / "bridge.service"
+    service.mkdir(parents=True)
+    self_cgroup = tmp_path / "self_cgroup"
+    self_cgroup.write_text("0::/system.slice/bridge.service\n")
+    assert own_cgroup(root, self_cgroup) == service
+    assert tightest_cgroup_quota(root, self_cgroup) is None  # no cpu.max anywhere
+    (root / "system.slice" / "cpu.max").write_text("max 100000\n")
+    (service / "cpu.max").write_text("150000 100000\n")  # CPUQuota=150%
+    assert tightest_cgroup_quota(root, self_cgroup) == (1.5, service)
+    (root / "system.slice" / "cpu.max").write_text("100000 100000\n")  # the slice: 1 core
+    assert tightest_cgroup_quota(root, self_cgroup) == (1.0, root / "system.slice")
+    # a container: its own cgroup is the root of what it sees
+    self_cgroup.write_text("0::/\n")
+    (root / "cpu.max").write_text("200000 100000\n")
+    assert tightest_cgroup_quota(root, self_cgroup) == (2.0, root)
+    # cgroup v1 lines or an unreadable file: the root; '..' is dropped, never climbed out
+    self_cgroup.write_text("4:memory:/x\n1:cpu:/\n")
+    assert own_cgroup(root, self_cgroup) == root
+    assert own_cgroup(root, tmp_path / "missing") == root
+    self_cgroup.write_text("0::/../../etc\n")
+    assert own_cgroup(root, self_cgroup) == root / "etc"
+
+
+def test_process_cpu_from_proc_and_a_command_name_with_parentheses(tmp_path: Path) -> None:
+    assert read_process_cpu(os.getpid()) > 0
+    (tmp_path / "42").mkdir()
+    fields = ["S", "1"] + ["0"] * 9 + [str(3 * CLK_TCK), str(CLK_TCK)] + ["0"] * 30
+    (tmp_path / "42" / "stat").write_text("42 (sip) worker) " + " ".join(fields))
+    assert read_process_cpu(42, tmp_path) == pytest.approx(4.0)
+    (tmp_path / "42" / "stat").write_text("42 (sip) S 1")
+    with pytest.raises(ValueError, match="too few"):
+        read_process_cpu(42, tmp_path)
+
+
+def test_call_cost_is_learned_from_the_workers_that_hold_calls() -> None:
+    cpu = {10: 0.0, 11: 0.0, 12: 0.0}
+
+    def read(pid: int) -> float:
+        if pid not in cpu:
+            raise OSError("no such process")
+        return cpu[pid]
+
+    cost = CallCost(window=5, default_pct=2.0, read=read)
+    assert cost.pct == 2.0 and not cost.learned
+    for t in range(6):  # 2 calls on worker 10 use 6 % of a core: 3 % each
+        cost.observe(float(t), {10: 2, 11: 0, 99: 1})  # 11 idle, 99 gone: not counted
+        cpu[10] += 0.06
+        cpu[11] += 0.5
+    assert cost.learned and cost.pct == pytest.approx(3.0)
+    cost.observe(6.0, {10: 2, 12: 1})  # worker 12 joins: not in the window's first sample
+    cpu[10] += 0.06
+    cpu[12] += 0.5
+    assert cost.pct == pytest.approx(3.0)
+    for t in range(7, 30):  # now 4 % a call: the smoothed cost follows within seconds
+        cost.observe(float(t), {10: 2})
+        cpu[10] += 0.08
+        if t == 8:
+            assert 3.0 < cost.pct < 4.0
+    assert cost.pct == pytest.approx(4.0, abs=0.05)
+    before = cost.pct
+    for t in range(12, 18):  # one call only: too few to learn from
+        cost.observe(float(t), {10: 1})
+        cpu[10] += 0.5
+    assert cost.pct == before
+    huge = CallCost(window=2, read=read)
+    for t in range(3):
+        huge.observe(float(t), {10: 2})
+        cpu[10] += 1.0
+    assert huge.pct == 10.0  # held to the range
+
+
+def test_admission_reserves_what_a_call_costs_here() -> None:
+    idle = CpuIdle(read=iter([(0, 0), (300, 1000)]).__next__)  # 30 % free
+    idle.sample()
+    idle.sample()
+    cost = CallCost(default_pct=2.0)
+    admission = Admission(20.0, cpu_count=2, idle=idle, cost=cost)
+    assert admission.refusal(unseen=9) is None  # 9 calls x 1 % of the machine: 21 % left
+    cost.pct = 4.0  # learned: this machine is twice as slow
+    assert admission.refusal(unseen=9) is not None  # 9 x 2 %: 12 % left
+
+
 async def _wait_idle(pool: WorkerPool, below: bool, timeout_s: float) -> float:
     def reached() -> bool:
         idle = pool.cpu_idle_percent
@@ -166,3 +258,24 @@ async def test_overload_refuses_new_calls_and_keeps_the_ones_in_progress(
         await call.wait_ended(10)
     assert await uas.done(20) == 0, uas.explain()
     assert pool.overload_refusals == {"outbound": 1, "inbound": 1}
+
+
+async def test_a_real_pool_learns_what_its_calls_cost(tmp_path: Path,
+                                                      start_pool: StartPool) -> None:
+    uas = Sipp(tmp_path / "uas", "uas_answer", calls=2, timeout_s=60).start()
+    pool = await start_pool(sip_config(trunk(domain=uas.address), min_idle_cpu=1))
+    assert pool.call_cost_percent == 2.0  # the default until calls have been measured
+    calls = [await pool.make_call("acme", "100", from_user=f"u{i}=example.org")
+             for i in range(2)]
+    for call in calls:
+        await call.wait_for(Answered, 10)
+    admission = pool._admission
+    assert admission is not None
+    # two answered calls through a whole 5 s window, from their worker's /proc/PID/stat
+    await eventually(lambda: admission.cost.learned, 15, "the call cost learned")
+    cost = pool.call_cost_percent
+    assert cost is not None and 1.0 <= cost <= 10.0
+    for call in calls:
+        await call.hangup()
+        await call.wait_ended(10)
+    assert await uas.done(20) == 0, uas.explain()

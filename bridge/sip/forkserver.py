@@ -18,7 +18,7 @@ the worker's IPC socket attached (SCM_RIGHTS); the server answers ``forked PID``
 and ``exit PID CODE`` when a child ends (CODE as in ``returncode``: negative for a signal).
 End of stream in either direction ends the other side: the server exits when the controller
 goes (its workers then see end of stream on their IPC sockets and stop), and when the server
-dies the controller kills its workers by PID and counts them as exited.
+dies the controller kills its workers (through pidfds) and counts them as exited.
 """
 
 from __future__ import annotations
@@ -55,15 +55,51 @@ def _python_path() -> str:
     return root if not current else f"{root}{os.pathsep}{current}"
 
 
-class ForkedWorker:
-    """One worker process forked by the server: its PID, and its exit as the server saw it."""
+def _parent_pid(pid: int) -> int | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(data[data.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
-    def __init__(self, pid: int, loop: asyncio.AbstractEventLoop) -> None:
+
+def _open_pidfd(pid: int, parent: int | None) -> int | None:
+    """A pidfd for ``pid`` while it is still the fork server's child; None if it is gone.
+
+    The workers are not our children, so their PIDs can be reused once the fork server has
+    reaped them: a pidfd pins the process itself, and checking the parent after opening it
+    makes sure it pins our worker and not a newcomer with the same PID."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if parent is not None and _parent_pid(pid) != parent:
+        os.close(fd)
+        return None
+    return fd
+
+
+class ForkedWorker:
+    """One worker process forked by the server: its PID, a pidfd to signal it by, and its
+    exit as the server saw it."""
+
+    def __init__(self, pid: int, loop: asyncio.AbstractEventLoop,
+                 server_pid: int | None = None) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._exit: asyncio.Future[int] = loop.create_future()
+        self._pidfd = _open_pidfd(pid, server_pid)
+
+    def kill(self) -> None:
+        """SIGKILL through the pidfd, so never another process that took over the PID."""
+        if self.returncode is None and self._pidfd is not None:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def _exited(self, code: int) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         if self.returncode is None:
             self.returncode = code
             self._exit.set_result(code)
@@ -160,7 +196,7 @@ class ForkServer:
     def _on_line(self, words: list[str], loop: asyncio.AbstractEventLoop) -> None:
         if len(words) == 2 and words[0] == "forked" and self._waiting:
             pid = int(words[1])
-            self._workers[pid] = ForkedWorker(pid, loop)
+            self._workers[pid] = ForkedWorker(pid, loop, self.pid)
             answer = self._waiting.popleft()
             if not answer.done():
                 answer.set_result(pid)
@@ -177,8 +213,7 @@ class ForkServer:
             log.error("worker fork server ended; its workers are stopped")
             self._sock = None
         for worker in self._workers.values():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(worker.pid, signal.SIGKILL)
+            worker.kill()
             worker._exited(LOST_EXIT_CODE)
         self._workers.clear()
         while self._waiting:

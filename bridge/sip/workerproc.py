@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -104,10 +102,9 @@ class WorkerProcess:
         return self.ready
 
     def kill(self) -> None:
-        """SIGKILL, by PID."""
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
+        """SIGKILL (through the worker's pidfd)."""
+        if self.proc is not None:
+            self.proc.kill()
 
     async def wait_exit(self, timeout_s: float = EXIT_WAIT_S) -> int | None:
         if self.proc is None:

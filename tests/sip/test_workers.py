@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from bridge.sip.events import Answered, EarlyMedia, Ended, Failed
+from bridge.sip.forkserver import _open_pidfd
 from bridge.sip.pool import WorkerPool
 from tests.sip.conftest import StartPool, eventually, sip_config, trunk
 from tests.sip.sippctl import Sipp
@@ -148,6 +151,9 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
                 assert f.read().strip() == "sip-worker"  # what top shows
         with open(f"/proc/{server}/comm") as f:
             assert f.read().strip() == "sip-forkserver"
+        # each is held by a pidfd, so a kill never reaches a process that reused its PID
+        for w in pool._workers.values():
+            assert w.proc is not None and w.proc._pidfd is not None
         call = await pool.make_call("acme", "100", from_user="alice=example.org")
         await call.wait_for(Answered, 10)
         # a SIGTERM to the whole process group (or a terminal's Ctrl-C) is the controller's
@@ -168,3 +174,16 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
         await _places_a_call(pool)
     finally:
         uas.stop()
+
+
+def test_a_pidfd_is_only_opened_for_the_fork_servers_own_child() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        fd = _open_pidfd(child.pid, os.getpid())  # our child: pinned
+        assert fd is not None
+        os.close(fd)
+        assert _open_pidfd(child.pid, 1) is None  # someone else's child: not ours to kill
+    finally:
+        child.kill()
+        child.wait()
+    assert _open_pidfd(child.pid, os.getpid()) is None  # gone

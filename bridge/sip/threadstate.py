@@ -20,7 +20,9 @@ pjsua closes the null sound device a second after its last call and starts a new
 thread for the next call, so clock threads come and go. The thread state of one that has
 ended is freed (``PyThreadState_Clear`` and ``PyThreadState_Delete``, with the GIL held) the
 next time a new thread is kept, once ``/proc/self/task`` shows that its thread is gone:
-nothing piles up however often the worker goes idle.
+nothing piles up however often the worker goes idle. Threads Python started (the main
+thread, ``threading`` threads, as in tests that call the callbacks directly) are left alone:
+Python frees their thread state itself when they end.
 """
 
 from __future__ import annotations
@@ -55,13 +57,17 @@ freed = 0
 
 
 def keep_thread_state() -> None:
-    """Keep the calling thread's Python thread state until the thread ends (idempotent).
-    Call it only while holding the GIL from a thread Python did not start."""
+    """Keep the calling thread's Python thread state until the thread ends (idempotent;
+    call it holding the GIL). A thread Python started already has a lasting thread state,
+    which Python itself frees when the thread ends: it is left alone."""
     if _mark.kept:
+        return
+    _mark.kept = True
+    started = threading._active.get(threading.get_ident())  # type: ignore[attr-defined]
+    if started is not None and not isinstance(started, threading._DummyThread):
         return
     _free_ended()
     _ensure()
-    _mark.kept = True
     _kept[threading.get_native_id()] = _current()
 
 

@@ -93,3 +93,18 @@ def test_without_it_swig_makes_a_thread_state_per_callback() -> None:
     assert isinstance(first, dict) and len(first) == 1
     assert list(first.values()) == [1], churn  # every callback saw a fresh thread state
     assert churn["kept"] == [] and churn["freed"] == 0
+
+
+def test_threads_python_started_are_left_alone() -> None:
+    """Their thread state is Python's to free when they end: keeping (and later freeing) it
+    here would free it twice."""
+    import threading
+
+    from bridge.sip import threadstate
+
+    before = threadstate.kept_threads()
+    threadstate.keep_thread_state()  # the main thread
+    worker = threading.Thread(target=threadstate.keep_thread_state)
+    worker.start()
+    worker.join()
+    assert threadstate.kept_threads() == before

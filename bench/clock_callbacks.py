@@ -5,10 +5,11 @@ Each run is a fresh process with pjsua2 on the null sound device (as in a worker
 --ports of the worker's own frame ports (bridge/sip/audio.py: FramePort, FrameBuffers, the
 worker's frame copy), connected in pairs through the conference bridge, so every 20 ms tick
 makes one onFrameRequested and one onFrameReceived call per port, as a worker's calls do
-(4 calls: 8 ports). Nothing else runs in the process: its CPU time over --seconds (less that
-of a run with the ports disconnected) is the clock thread's cost of those callbacks. Runs
-alternate between the two ways, --rounds times; it prints one JSON object and a table with
-the medians: % of a core per port and CPU microseconds per callback.
+(4 calls: 8 ports). Nothing else runs in the process: its CPU time over --seconds, less that
+of a run with the same ports not connected (the clock ticks then too and gives each port one
+empty frame per tick, with the thread state kept), is the clock thread's cost of the two
+callbacks with audio. Runs alternate between the ways, --rounds times; it prints one JSON
+object and a table with the medians: % of a core per port and CPU microseconds per callback.
 
     .venv/bin/python bench/clock_callbacks.py --ports 8 --seconds 5 --rounds 5
 """
@@ -33,26 +34,13 @@ TICKS_PER_S = 50
 def run_one(ports: int, seconds: float, keep: bool, connect: bool) -> None:
     """In a child process: print the process's CPU seconds over ``seconds``."""
     sys.path.insert(0, str(ROOT))
-    import pjsua2 as pj
-
     from bridge.sip import audio, framecopy
+    from tests.harness import bare_pjsua
 
     if not keep:  # the callbacks without the kept thread state: as before threadstate.py
         audio.keep_thread_state = lambda: None  # type: ignore[attr-defined]
 
-    ep = pj.Endpoint()
-    ep.libCreate()
-    cfg = pj.EpConfig()
-    cfg.uaConfig.threadCnt = 0
-    cfg.uaConfig.mainThreadOnly = True
-    cfg.logConfig.level = 0
-    cfg.logConfig.consoleLevel = 0
-    med = cfg.medConfig
-    med.clockRate = med.sndClockRate = 8000
-    med.ecTailLen = 0
-    med.noVad = True
-    ep.libInit(cfg)
-    ep.audDevManager().setNullDev()
+    ep = bare_pjsua.init()
     ep.libStart()
     loop = asyncio.new_event_loop()
     pool = audio.AudioPool(ports, 8000, framecopy.select(), loop)
@@ -115,7 +103,7 @@ def table(r: dict[str, Any]) -> str:
         f"{r['churn']['us_per_callback']} |",
         f"| kept (threadstate.py) | {r['kept']['pct_core_per_port']} | "
         f"{r['kept']['us_per_callback']} |",
-        f"ratio {r['ratio']}; the process with no port connected (no clock): "
+        f"ratio {r['ratio']}; the process with no port connected: "
         f"{r['idle_pct_core']} % of a core",
     ])
 

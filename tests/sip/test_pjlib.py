@@ -14,16 +14,9 @@ SCRIPT = textwrap.dedent("""
     import json, sys, time
     import pjsua2 as pj
     from bridge.sip.pjlib import pjsua_call_count, pjsua_call_dumps
+    from tests.harness import bare_pjsua
 
-    ep = pj.Endpoint()
-    ep.libCreate()
-    cfg = pj.EpConfig()
-    cfg.uaConfig.threadCnt = 0
-    cfg.uaConfig.mainThreadOnly = True
-    cfg.logConfig.level = 0
-    cfg.logConfig.consoleLevel = 0
-    ep.libInit(cfg)
-    ep.audDevManager().setNullDev()
+    ep = bare_pjsua.init()
     tcfg = pj.TransportConfig()
     tcfg.boundAddress = "127.0.0.1"
     tcfg.port = 0

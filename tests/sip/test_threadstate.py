@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import asyncio, json, os, sys, threading, time
-import pjsua2 as pj
 from bridge.sip import audio, framecopy, threadstate
+from tests.harness import bare_pjsua
 
 keep = sys.argv[1] == "keep"
 seen = threading.local()
@@ -33,15 +33,7 @@ def counted():
     counts[tid] = max(counts.get(tid, 0), seen.n)
 
 audio.keep_thread_state = counted
-ep = pj.Endpoint()
-ep.libCreate()
-cfg = pj.EpConfig()
-cfg.uaConfig.threadCnt = 0
-cfg.uaConfig.mainThreadOnly = True
-cfg.logConfig.level = cfg.logConfig.consoleLevel = 0
-cfg.medConfig.clockRate = cfg.medConfig.sndClockRate = 8000
-ep.libInit(cfg)
-ep.audDevManager().setNullDev()
+ep = bare_pjsua.init()
 ep.libStart()
 pool = audio.AudioPool(2, 8000, framecopy.select(), asyncio.new_event_loop())
 pool.create_ports()

@@ -13,7 +13,7 @@ help:
 	@echo "make demo   - local Synapse + the bridge on SQLite; prints how to log in"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make lint   - ruff and mypy"
-	@echo "make bench  - call ramp, call-setup overhead, message throughput, clock callbacks (bench/results/)"
+	@echo "make bench  - call ramp, call-setup overhead, message throughput, clock callbacks, receive path (bench/results/)"
 	@echo "make clean  - remove the venv and the demo's data"
 
 $(STAMP): pyproject.toml
@@ -66,6 +66,8 @@ bench: venv debs
 		| tee bench/results/messages.txt
 	set -o pipefail; $(PY) bench/clock_callbacks.py --ports 8 --seconds 5 --rounds 5 2>&1 \
 		| tee bench/results/clock_callbacks.txt
+	set -o pipefail; $(PY) bench/receive_path.py --packets 10000 --rounds 5 2>&1 \
+		| tee bench/results/receive_path.txt
 
 demo: venv debs
 	$(PY) demo/run.py

@@ -4,7 +4,7 @@ One :class:`WebRtcLeg` per call: it answers Element's offer (or offers itself), 
 candidates, answers ``m.call.negotiate`` offers (hold/resume), carries 20 ms PCM frames both
 ways, sends and receives RFC 4733 DTMF, and reports its state. It implements
 :class:`bridge.media.leg.MediaLeg`; nothing aiortc-specific leaks out of this module and its
-helpers (``sdp``, ``ice``, ``dtmf``, ``tracks``).
+helpers (``sdp``, ``ice``, ``dtmf``, ``tracks``, ``g711_rtp``, ``srtp_receive``).
 
 aiortc only ever sees the audio m-section: other m-sections (video, data) are cut out of
 offers before aiortc parses them and put back, rejected, into the answer (``sdp``). Codec
@@ -34,7 +34,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription as AiortcSdp
 from aiortc.sdp import candidate_to_sdp
 
-from bridge.media import fast_receive, ice, sdp
+from bridge.media import fast_receive, ice, sdp, srtp_receive
 from bridge.media.dtmf import RtpDtmf
 from bridge.media.errors import (
     DtmfError,
@@ -102,6 +102,7 @@ class WebRtcLeg:
         self._in = IncomingAudio(clock_rate)
         self._dtmf = RtpDtmf(self._digit)
         self._g711: G711Rtp | None = None
+        self._srtp_in: srtp_receive.DirectReceive | None = None
         self._direct_g711 = direct_g711
         self._transceiver: RTCRtpTransceiver | None = None
         self._lock = asyncio.Lock()
@@ -424,6 +425,7 @@ class WebRtcLeg:
         g711.report = _sender_report(self._transceiver.sender)
         self._transceiver.sender.replaceTrack(IdleTrack())
         self._g711 = g711
+        self._srtp_in = srtp_receive.install(transport)
         log.debug("%s sends and receives %s itself (payload type %d)", self.label, name, pt)
 
     async def _negotiated_now(self) -> None:

@@ -111,6 +111,8 @@ async def test_pcma_tone_both_ways(closing: list[WebRtcLeg], direct: bool) -> No
         if direct:  # packets went past aiortc's sender and receiver both ways
             assert leg._g711 is not None and leg._g711.payload_type == 8
             assert leg._g711.sent >= 50 and leg._g711.received >= 50 and shim.decoded == 0
+            # and were taken off the ICE connection where they arrived (srtp_receive.py)
+            assert leg._srtp_in is not None and leg._srtp_in.taken >= 50
         else:  # what arrived was decoded in the loop, not in aiortc's thread
             assert leg._g711 is None and shim.decoded >= 50
     # the RTCP sender reports that reach the other side count what was sent

@@ -8,7 +8,7 @@ stopped by its PID (tests.peers.procs).
 from __future__ import annotations
 
 import asyncio
-import socket
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +20,22 @@ SCENARIOS = Path(__file__).with_name("scenarios")
 DTMF_PCAP = "/usr/share/sip-tester/dtmf_2833_{}.pcap"
 
 
-def _udp_bound(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
+def _udp_bound_by(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a UDP socket bound to ``port`` (/proc/net/udp's inode of
+    that port among the process's open sockets): bound by sipp, not by whoever else."""
+    inodes = set()
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) in inodes for fd in fds.iterdir())
+    except OSError:  # the process ended meanwhile
+        return False
 
 
 class Sipp:
@@ -46,6 +55,7 @@ class Sipp:
         port: int | None = None,
     ) -> None:
         self.scenario = scenario
+        self._own_ports = port is None
         self.port = port or free_port()
         self.media_port = free_rtp_port()
         self.remote = remote
@@ -59,34 +69,51 @@ class Sipp:
             workdir.mkdir(parents=True, exist_ok=True)
             path = workdir / f"{scenario}.xml"
             path.write_text(text)
-        argv = [
-            "sipp", "-sf", str(path),
-            "-i", LOOPBACK, "-p", str(self.port), "-mi", LOOPBACK, "-mp", str(self.media_port),
+        self._workdir = workdir
+        self._name = name
+        self._options = [
             "-m", str(calls), "-l", str(max(calls, 1)), "-timeout", f"{timeout_s}s",
             "-timeout_error", "-trace_err", "-trace_msg", "-nostdin", "-s", service,
         ]
         if rtp_echo:
-            argv.append("-rtp_echo")
+            self._options.append("-rtp_echo")
         for key, value in (keys or {}).items():
-            argv += ["-key", key, value]
+            self._options += ["-key", key, value]
         if remote:
-            argv.append(remote)
-        self.proc = Process(name or f"sipp-{scenario}-{self.port}", argv, workdir)
+            self._options.append(remote)
+        self._path = path
+        self.proc = self._process()
+
+    def _process(self) -> Process:
+        argv = ["sipp", "-sf", str(self._path), "-i", LOOPBACK, "-p", str(self.port),
+                "-mi", LOOPBACK, "-mp", str(self.media_port), *self._options]
+        return Process(self._name or f"sipp-{self.scenario}-{self.port}", argv, self._workdir)
+
+    def _lost_its_port(self) -> bool:
+        """sipp could not bind: another process took a port between our check and its bind
+        (they come from the kernel's ephemeral range, which every bind to port 0 shares)."""
+        logs = self.proc.workdir.glob(f"{self.scenario}_{self.proc.pid}_errors.log")
+        return any("errno = 98" in p.read_text(errors="replace") for p in logs)
 
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
     def start(self) -> Sipp:
-        self.proc.start()
-        deadline = time.monotonic() + 5
-        while not _udp_bound(self.port):
-            if not self.proc.alive():
+        for attempt in range(3):
+            self.proc.start()
+            deadline = time.monotonic() + 5
+            while self.proc.alive():
+                if _udp_bound_by(self.proc.pid, self.port):
+                    return self
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"sipp {self.scenario} did not bind {self.port}")
+                time.sleep(0.02)
+            if not (self._own_ports and attempt < 2 and self._lost_its_port()):
                 raise RuntimeError(f"sipp {self.scenario} exited:\n{self.proc.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sipp {self.scenario} did not bind {self.port}")
-            time.sleep(0.02)
-        return self
+            self.port, self.media_port = free_port(), free_rtp_port()
+            self.proc = self._process()
+        raise AssertionError("unreachable")
 
     async def done(self, timeout_s: float = 30.0) -> int:
         """Exit code, waited for in a thread (the event loop keeps running the bridge)."""

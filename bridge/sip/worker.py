@@ -120,7 +120,11 @@ class Worker:
     # ------------------------------------------------------------ life
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        first = await self.channel.recv()
+        try:
+            first = await self.channel.recv()
+        except ipc.ChannelClosed:  # the pool stopped while this worker was being started
+            log.info("controller went away before configuring this worker; stopping")
+            return 0
         if not isinstance(first, ipc.Configure):
             self._send(ipc.Fatal(error=f"expected Configure, got {type(first).__name__}"))
             return 2

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.sip import procstat
 from tests.harness.bridge_proc import TEST_COMPANIES, BridgeProc
 from tests.harness.matrix_user import MatrixUser, login
 from tests.harness.synapse import SERVER_NAME, Synapse
@@ -23,7 +24,7 @@ from tests.peers.ports import free_port
 from tests.peers.sipp import Sipp
 
 BENCH = Path(__file__).resolve().parent
-TICKS = os.sysconf("SC_CLK_TCK")
+TICKS = procstat.CLK_TCK
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HS = SERVER_NAME
 
@@ -171,11 +172,10 @@ def start_stack(stack: Stack) -> None:
 def proc_stat(pid: int) -> tuple[float, int] | None:
     """(CPU seconds, RSS bytes) of one process, None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
+        fields = procstat.stat_fields(pid)
     except OSError:
         return None
-    return (int(parts[11]) + int(parts[12])) / TICKS, int(parts[21]) * PAGE
+    return procstat.cpu_seconds(fields), int(fields[procstat.RSS_PAGES]) * PAGE
 
 
 def thread_stats(pid: int) -> dict[int, tuple[str, float]]:
@@ -189,8 +189,7 @@ def thread_stats(pid: int) -> dict[int, tuple[str, float]]:
             except OSError:
                 continue
             name = text[text.index("(") + 1: text.rindex(")")]
-            parts = text.rsplit(")", 1)[1].split()
-            out[int(tid)] = (name, (int(parts[11]) + int(parts[12])) / TICKS)
+            out[int(tid)] = (name, procstat.cpu_seconds(procstat.parse(text)))
     return out
 
 
@@ -199,9 +198,8 @@ def _parents() -> dict[int, int]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
+                parents[int(d)] = int(procstat.stat_fields(int(d))[procstat.PPID])
+            except (OSError, ValueError):
                 continue
     return parents
 

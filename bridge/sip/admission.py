@@ -38,20 +38,19 @@ hands an inbound INVITE on (refused: 503, so a dispatcher in front can try anoth
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from . import procstat
+
 log = logging.getLogger(__name__)
 
 PROC_STAT = Path("/proc/stat")
-PROC = Path("/proc")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 CGROUP = Path("/sys/fs/cgroup")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: what one G.711 call costs, in % of one core, until it is learned (bench/calls.py on two
 #: cores: 1.5-3 % depending on the machine).
 CALL_COST_PCT = 2.0
@@ -194,14 +193,9 @@ class LeastIdle:
         return min(values) if values else None
 
 
-def read_process_cpu(pid: int, proc: Path = PROC) -> float:
+def read_process_cpu(pid: int, proc: Path = procstat.PROC) -> float:
     """CPU seconds (user and system) one process has used so far."""
-    data = (proc / str(pid) / "stat").read_bytes()
-    # "PID (comm) state ppid ...": comm may hold spaces and parentheses, so split after it
-    fields = data[data.rindex(b")") + 2:].split()
-    if len(fields) < 13:
-        raise ValueError(f"{proc / str(pid) / 'stat'}: too few fields")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return procstat.cpu_seconds(procstat.stat_fields(pid, proc=proc))
 
 
 class CallCost:

@@ -38,6 +38,8 @@ import traceback
 from collections import deque
 from pathlib import Path
 
+from . import procstat
+
 log = logging.getLogger(__name__)
 
 #: what the server imports before it forks (everything a worker runs).
@@ -57,9 +59,8 @@ def _python_path() -> str:
 
 def _parent_pid(pid: int) -> int | None:
     try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(data[data.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
+        return int(procstat.stat_fields(pid)[procstat.PPID])
+    except (OSError, ValueError):
         return None
 
 

@@ -46,7 +46,6 @@ from typing import Any
 from . import ipc, media_ipc
 from .admission import (
     Admission,
-    CallCost,
     CpuIdle,
     LeastIdle,
     cgroup_times_reader,
@@ -175,21 +174,21 @@ class WorkerPool:
             cores = tightest[0]
             log.info("admission control: a CPU quota of %.2g core(s) (%s)", cores,
                      tightest[1] / "cpu.max")
-        cost = CallCost()
-        self._admission = Admission(self.config.min_idle_cpu, cores, idle, cost)
-        self._background(self._sample_cpu(idle, cost), name="cpu-sampler")
+        admission = Admission(self.config.min_idle_cpu, cores, idle)
+        self._admission = admission
+        self._background(self._sample_cpu(admission), name="cpu-sampler")
 
-    async def _sample_cpu(self, idle: LeastIdle, cost: CallCost) -> None:
+    async def _sample_cpu(self, admission: Admission) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
             try:
-                idle.sample()
+                admission.idle.sample()
             except (OSError, ValueError) as e:
                 log.warning("CPU load unreadable (%s); admission control is off", e)
                 self._admission = None
                 return
-            cost.observe(loop.time(), self._answered_by_pid())
+            admission.cost.observe(loop.time(), self._answered_by_pid())
 
     def _answered_by_pid(self) -> dict[int, int]:
         """Answered calls in progress, by the PID of the worker that holds them."""

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from bridge.sip.admission import (
-    CLK_TCK,
     Admission,
     CallCost,
     CpuIdle,
@@ -29,6 +28,7 @@ from bridge.sip.errors import CapacityExceeded, Overloaded
 from bridge.sip.events import Answered
 from bridge.sip.handles import CallHandle
 from bridge.sip.pool import WorkerPool
+from bridge.sip.procstat import CLK_TCK
 from tests.harness.cpu_load import busy_cores
 from tests.sip.conftest import StartPool, eventually, sip_config, trunk
 from tests.sip.sippctl import Sipp

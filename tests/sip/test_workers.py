@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bridge.sip import procstat
 from bridge.sip.events import Answered, EarlyMedia, Ended, Failed
 from bridge.sip.forkserver import _open_pidfd
 from bridge.sip.pool import WorkerPool
@@ -127,8 +128,7 @@ async def test_a_stalled_controller_does_not_kill_healthy_workers(tmp_path: Path
 def _running(pid: int) -> bool:
     """Alive and not a zombie waiting for a parent that does not reap it."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        return procstat.stat_fields(pid)[procstat.STATE] != "Z"
     except FileNotFoundError:
         return False
 
@@ -145,8 +145,7 @@ async def test_workers_are_forked_and_share_the_fork_servers_fate(tmp_path: Path
         assert server is not None
         old = {w.index: w.pid for w in pool.workers()}
         for pid in old.values():
-            with open(f"/proc/{pid}/stat") as f:
-                assert int(f.read().rsplit(")", 1)[1].split()[1]) == server
+            assert int(procstat.stat_fields(pid)[procstat.PPID]) == server
             with open(f"/proc/{pid}/comm") as f:
                 assert f.read().strip() == "sip-worker"  # what top shows
         with open(f"/proc/{server}/comm") as f:
